@@ -1,0 +1,102 @@
+"""The model directory that the trainer writes and the runtime (and transformers, vLLM) reads.
+
+Layout: config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
+generation_config.json and modelfleet.json (the manifest: weights digest and provenance).
+The directory is written under a temporary name beside the target and renamed into place, so a
+reader never sees half a model and a good model is only replaced by a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+from model_runtime.llama import LlamaForCausalLM
+from model_runtime.tokenizer import special_token_ids, tokenizer_config
+
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "modelfleet.json"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_model_dir(
+    model: LlamaForCausalLM,
+    tokenizer: Tokenizer,
+    target: str | Path,
+    manifest: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> str:
+    """Write the model directory atomically; returns the weights digest ("sha256:...")."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        ids = special_token_ids(tokenizer)
+        config = model.config.to_dict()
+        config.update({k: v for k, v in ids.items() if k != "pad_token_id"})
+        if dtype is not None:
+            config["torch_dtype"] = str(dtype).removeprefix("torch.")
+        _write_json(staging / "config.json", config)
+        state = model.state_dict_for_save()
+        if dtype is not None:
+            state = {k: v.to(dtype) for k, v in state.items()}
+        save_file({k: v.cpu() for k, v in state.items()}, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        tokenizer.save(str(staging / "tokenizer.json"))
+        _write_json(staging / "tokenizer_config.json", tokenizer_config(tokenizer))
+        _write_json(staging / "generation_config.json", {
+            "bos_token_id": ids["bos_token_id"], "eos_token_id": ids["eos_token_id"], "pad_token_id": ids["pad_token_id"],
+        })
+        digest = sha256_file(staging / WEIGHTS_FILE)
+        _write_json(staging / MANIFEST_FILE, {"digest": digest, **(manifest or {})})
+        _fsync_tree(staging)
+        _replace_dir(staging, target)
+        return digest
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / MANIFEST_FILE).read_text())
+
+
+def _fsync_tree(directory: Path) -> None:
+    for file in directory.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Rename staging into target. An existing target is moved aside first and removed only after."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,3 @@
+"""modelfleet: train and serve language models on Kubernetes."""
+
+__version__ = "0.1.0"

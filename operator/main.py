@@ -1,0 +1,62 @@
+"""Entry point: `modelfleet operator` (or `python -m modelfleet_operator.main`).
+
+Registers the TrainingJob and ModelDeployment handlers, serves /metrics and a liveness endpoint,
+and runs kopf against the kubeconfig in use (in-cluster config inside a pod).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from modelfleet_operator.config import OperatorConfig
+
+# Importing the controllers registers their handlers with kopf.
+from modelfleet_operator import modeldeployment, trainingjob  # noqa: F401  (imported for registration)
+
+FINALIZER = "modelfleet.dev/finalizer"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="modelfleet.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 30
+    settings.batching.worker_limit = 64
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="modelfleet operator", description=__doc__)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--metrics-port", type=int, help="port for Prometheus /metrics (env MODELFLEET_METRICS_PORT)")
+    parser.add_argument("--health-port", type=int, help="port for the /healthz liveness probe (env MODELFLEET_HEALTH_PORT)")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    config = OperatorConfig.from_env()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_http_server(args.metrics_port or config.metrics_port)
+    health_port = args.health_port or config.health_port
+    asyncio.run(kopf.operator(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or None,
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+    ))
+    return 0

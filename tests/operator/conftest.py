@@ -1,0 +1,94 @@
+"""Fixtures for operator tests: the CRDs installed, and the operator running as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from modelfleet.localcluster import LocalCluster
+from modelfleet.localcluster.processes import free_port
+from tests.helpers import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: LocalCluster) -> list[str]:
+    files = sorted((REPO / "crds").glob("*.yaml"))
+    for file in files:
+        cluster.kubectl("apply", "--server-side", "-f", str(file))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    return [f.name for f in files]
+
+
+class OperatorProcess:
+    """`modelfleet operator` against the test cluster, as a subprocess that tests may kill and restart."""
+
+    def __init__(self, cluster: LocalCluster, log_path: Path) -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/healthz"
+
+    def start(self, timeout: float = 60) -> None:
+        env = {**self.cluster.env, "MODELFLEET_METRICS_PORT": str(self.metrics_port),
+               "MODELFLEET_HEALTH_PORT": str(self.health_port), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator"], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        wait_for(self._healthy, timeout=timeout, what=f"operator /healthz (log: {self.log_path})")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"operator exited with {self.process.returncode}; log:\n{self.log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, exactly like a crashed or evicted operator pod."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, crds: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if os.environ.get("MODELFLEET_SHOW_OPERATOR_LOG"):
+            print(proc.log()[-20000:])
