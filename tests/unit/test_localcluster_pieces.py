@@ -1,0 +1,31 @@
+"""Pure pieces of the local cluster: fake nodes, the pod runner's path mapping, the CLI dispatch."""
+
+import pytest
+
+from modelfleet.cli import main as cli_main
+from modelfleet.localcluster.nodes import fake_nodes
+from modelfleet.localcluster.podrunner import _rewrite_paths
+
+
+def test_fake_nodes_have_gpu_capacity_and_hostname_labels() -> None:
+    nodes = {n["metadata"]["name"]: n for n in fake_nodes()}
+    assert set(nodes) == {"gpu-node-0", "gpu-node-1", "cpu-node-0"}
+    assert nodes["gpu-node-1"]["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+    assert nodes["gpu-node-1"]["metadata"]["labels"]["kubernetes.io/hostname"] == "gpu-node-1"
+    assert "nvidia.com/gpu" not in nodes["cpu-node-0"]["status"]["capacity"]
+    assert all(n["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake" for n in nodes.values())
+
+
+def test_rewrite_paths_maps_container_paths_longest_first() -> None:
+    mounts = {"/etc/modelfleet": "/tmp/pod/cfg", "/data": "/home/me/data", "/data/cache": "/tmp/cache", "/same": "/same"}
+    text = '{"path": "/data/corpus.txt", "cache": "/data/cache/x", "cfg": "/etc/modelfleet/trainer.json", "other": "/database"}'
+    assert _rewrite_paths(text, mounts) == (
+        '{"path": "/home/me/data/corpus.txt", "cache": "/tmp/cache/x", "cfg": "/tmp/pod/cfg/trainer.json", "other": "/database"}')
+    assert _rewrite_paths("/same/file", mounts) == "/same/file"
+
+
+def test_cli_rejects_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    assert cli_main(["--help"]) == 0
+    assert "cluster" in capsys.readouterr().out
