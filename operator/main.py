@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     asyncio.run(kopf.operator(
         standalone=True,
         clusterwide=not args.namespace,
-        namespaces=args.namespace or None,
+        namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
     ))
     return 0

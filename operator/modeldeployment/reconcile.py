@@ -1,0 +1,177 @@
+"""One level-triggered reconcile of a ModelDeployment: read everything it depends on, apply what the pure
+functions render, delete children no longer wanted, write the status and post Events for what changed.
+
+Nothing is remembered between reconciles except what the API server stores (the object, its children and its
+status), so the operator can be killed at any point and the next reconcile picks up where this one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from modelfleet_operator import API_VERSION, labels
+from modelfleet_operator.conditions import now_iso
+from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.modeldeployment import capacity
+from modelfleet_operator.modeldeployment import status as mdstatus
+from modelfleet_operator.modeldeployment.kube import Kube, is_not_found, namespace_terminating
+from modelfleet_operator.modeldeployment.render import (
+    KEDA_CRD,
+    PODMONITOR_CRD,
+    RenderContext,
+    render_children,
+    served_name,
+)
+from modelfleet_operator.modeldeployment.resolve import ResolvedModel, resolve_model
+from modelfleet_operator.modeldeployment.spec import DeploymentSpec, SpecError, parse_spec
+
+log = logging.getLogger(__name__)
+
+KIND = "ModelDeployment"
+OPTIONAL_KINDS = ("PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject", "PodMonitor")
+DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+# Events trigger reconciles; resyncs only catch what no watched event reports (e.g. a deleted Service).
+SETTLED_RESYNC_SECONDS = 120.0
+UNSETTLED_RESYNC_SECONDS = 10.0  # and one that is rolling, waiting or failing more often
+
+
+@dataclass(frozen=True)
+class Settings:
+    image: str
+    image_pull_policy: str
+    prometheus_url: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        config = OperatorConfig.from_env(env)
+        return cls(config.runtime_image, config.image_pull_policy,
+                   env.get("MODELFLEET_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    phase: str
+    requeue_after: float
+
+
+def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Outcome | None:
+    """Bring one ModelDeployment's children and status up to date; None when it no longer exists."""
+    try:
+        return _reconcile(kube, namespace, name, settings)
+    except ApiException as error:
+        if namespace_terminating(error):
+            return None  # the namespace's deletion removes the ModelDeployment too
+        if is_not_found(error) and kube.get(KIND, namespace, name) is None:
+            return None  # deleted while we worked on it
+        raise
+
+
+def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Outcome | None:
+    obj = kube.get(KIND, namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return None  # ownerReferences let the garbage collector remove the children
+    meta = obj["metadata"]
+    generation = int(meta.get("generation") or 0)
+    old = obj.get("status") or {}
+    try:
+        spec = parse_spec(obj.get("spec") or {})
+    except SpecError as error:
+        return _finish(kube, obj, mdstatus.Observation(name, namespace, generation, spec_error=str(error)), old)
+
+    trainingjob = kube.get("TrainingJob", namespace, spec.model.training_job) if spec.model.training_job else None
+    resolution = resolve_model(spec.model, trainingjob)
+    # While the model cannot be resolved (a job re-running, a new reference not done yet), keep serving the last one.
+    serving = resolution.model or ResolvedModel.from_status(old.get("model"))
+    obs = mdstatus.Observation(name, namespace, generation, spec.desired_replicas, served_name(spec, name),
+                               resolution=resolution, serving=serving)
+    if serving is not None:
+        strategy = _strategy(kube, spec)
+        keda = kube.crd_established(KEDA_CRD)
+        pod_monitor = kube.crd_established(PODMONITOR_CRD)
+        ctx = RenderContext(name, namespace, meta["uid"], serving, strategy, spec.image or settings.image,
+                            spec.image_pull_policy or settings.image_pull_policy, keda, pod_monitor,
+                            settings.prometheus_url)
+        applied = {child["kind"]: kube.apply(child) for child in render_children(spec, ctx)}
+        served = {"ScaledObject": keda, "PodMonitor": pod_monitor}
+        for kind in OPTIONAL_KINDS:
+            if kind not in applied and served.get(kind, True):
+                _delete_owned(kube, kind, namespace, name, meta["uid"])
+        pods = kube.list_objects("Pod", namespace, label_selector=labels.selector(labels.runtime_labels(name)))
+        obs = replace(obs, strategy=strategy, deployment=applied["Deployment"],
+                      failures=_with_logs(kube, namespace, mdstatus.pod_failures(pods), old))
+    return _finish(kube, obj, obs, old)
+
+
+def _finish(kube: Kube, obj: dict[str, Any], obs: mdstatus.Observation, old: dict[str, Any]) -> Outcome:
+    new = mdstatus.compute_status(obs, old)
+    if new != old:
+        # A merge patch keeps keys it does not mention: clear the ones the new status no longer has.
+        kube.patch_status(KIND, obs.namespace, obs.name, {**{k: None for k in old if k not in new}, **new})
+    for event in mdstatus.events(old, new):
+        post_event(kube, obj, event)
+    settled = new["phase"] in ("Ready", "ScaledToZero", "Invalid")
+    return Outcome(new["phase"], SETTLED_RESYNC_SECONDS if settled else UNSETTLED_RESYNC_SECONDS)
+
+
+def _strategy(kube: Kube, spec: DeploymentSpec) -> capacity.Strategy:
+    gpus = spec.gpus_per_pod
+    if not capacity.needs_capacity_check(spec.rollout, gpus):
+        return capacity.choose_strategy(spec.rollout, gpus, True)
+    nodes = kube.list_objects("Node")
+    pods = kube.list_objects("Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed,spec.nodeName!=")
+    room = capacity.surge_fits(gpus, nodes, pods, spec.node_selector, spec.tolerations)
+    return capacity.choose_strategy(spec.rollout, gpus, room)
+
+
+def _delete_owned(kube: Kube, kind: str, namespace: str, name: str, uid: str) -> None:
+    """Delete a child this ModelDeployment no longer wants; objects of the same name that it does not own stay."""
+    child = kube.get(kind, namespace, name)
+    if child and any(ref.get("uid") == uid for ref in child["metadata"].get("ownerReferences") or []):
+        kube.delete(kind, namespace, name, uid=child["metadata"]["uid"])
+
+
+def _with_logs(kube: Kube, namespace: str, failures: list[mdstatus.Failure],
+               old: dict[str, Any]) -> list[mdstatus.Failure]:
+    failures, fetch = mdstatus.carry_log_lines(failures, old)
+    fetched = {}
+    for failure in fetch[:mdstatus.MAX_FAILURES]:
+        lines = kube.log_tail(namespace, failure.pod, failure.container, mdstatus.MAX_LOG_LINES,
+                              previous=failure.restart_count > 0)
+        if lines:
+            fetched[failure.key] = tuple(lines)
+    return [replace(f, last_log_lines=fetched[f.key]) if f.key in fetched else f for f in failures]
+
+
+def post_event(kube: Kube, obj: dict[str, Any], event: mdstatus.Event) -> None:
+    """A core/v1 Event on the ModelDeployment; failing to post one never fails the reconcile."""
+    meta = obj["metadata"]
+    now = now_iso()
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": "modelfleet-operator"},
+        "reportingComponent": "modelfleet.dev/operator",
+        "reportingInstance": socket.gethostname()[:128],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        kube.create(body)
+    except Exception as error:
+        if not namespace_terminating(error):
+            log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"],
+                        error)
