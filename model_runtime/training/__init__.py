@@ -1,0 +1,1 @@
+"""The modelfleet trainer: the program a TrainingJob's pods run (``modelfleet train --config PATH``)."""

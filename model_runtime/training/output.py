@@ -1,0 +1,52 @@
+"""The finished model directory at ``output.path``: checked before training, written atomically after.
+
+``save_model_dir`` stages the directory beside the target (``.<name>.partial-*``) and renames it into
+place. Before training we remove stagings left by a run that was killed mid-save, and put back a
+previous good output if a kill landed between its two renames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from model_runtime.artifact import save_model_dir
+from model_runtime.llama import LlamaForCausalLM
+from model_runtime.training.exitcodes import OutputNotWritableError
+
+log = logging.getLogger(__name__)
+
+
+def prepare_output(path: str | Path) -> None:
+    """Fail fast (exit 73) when the output cannot be written, and tidy what an interrupted save left."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise OutputNotWritableError(f"output.path: {target} exists and is not a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = target.parent / f".{target.name}.probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputNotWritableError(f"output.path: cannot write in {target.parent}: {error.strerror or error}") from None
+    for partial in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    previous = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if previous and not target.exists():
+        log.warning("restoring %s from %s (a save was interrupted)", target, previous[-1])
+        os.rename(previous.pop(), target)
+    for stale in previous:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def save_output(model: LlamaForCausalLM, tokenizer: Tokenizer, path: str | Path, manifest: dict[str, Any]) -> str:
+    """Write the model directory; an I/O failure leaves any previous output intact and exits 73."""
+    try:
+        return save_model_dir(model, tokenizer, path, manifest=manifest)
+    except OSError as error:
+        raise OutputNotWritableError(f"output.path: cannot write the model to {path}: {error}") from None
