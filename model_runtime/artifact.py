@@ -45,15 +45,24 @@ def save_model_dir(
     target: str | Path,
     manifest: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    base_model_dir: str | Path | None = None,
 ) -> str:
-    """Write the model directory atomically; returns the weights digest ("sha256:...")."""
+    """Write the model directory atomically; returns the weights digest ("sha256:...").
+
+    A tokenizer without modelfleet's special tokens (a fine-tuned model keeping its base model's
+    tokenizer) keeps the base model's tokenizer_config.json, generation_config.json and token ids.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         ids = special_token_ids(tokenizer)
+        foreign = ids["eos_token_id"] is None
+        if foreign and base_model_dir is None:
+            raise ValueError("the tokenizer has no modelfleet special tokens: pass the base model directory it came from")
         config = model.config.to_dict()
-        config.update({k: v for k, v in ids.items() if k != "pad_token_id"})
+        if not foreign:
+            config.update({k: v for k, v in ids.items() if k != "pad_token_id"})
         if dtype is not None:
             config["torch_dtype"] = str(dtype).removeprefix("torch.")
         _write_json(staging / "config.json", config)
@@ -62,10 +71,13 @@ def save_model_dir(
             state = {k: v.to(dtype) for k, v in state.items()}
         save_file({k: v.cpu() for k, v in state.items()}, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         tokenizer.save(str(staging / "tokenizer.json"))
-        _write_json(staging / "tokenizer_config.json", tokenizer_config(tokenizer))
-        _write_json(staging / "generation_config.json", {
-            "bos_token_id": ids["bos_token_id"], "eos_token_id": ids["eos_token_id"], "pad_token_id": ids["pad_token_id"],
-        })
+        if foreign:
+            _copy_tokenizer_metadata(Path(base_model_dir), staging, config)  # type: ignore[arg-type]
+        else:
+            _write_json(staging / "tokenizer_config.json", tokenizer_config(tokenizer))
+            _write_json(staging / "generation_config.json", {
+                "bos_token_id": ids["bos_token_id"], "eos_token_id": ids["eos_token_id"], "pad_token_id": ids["pad_token_id"],
+            })
         digest = sha256_file(staging / WEIGHTS_FILE)
         _write_json(staging / MANIFEST_FILE, {"digest": digest, **(manifest or {})})
         _fsync_tree(staging)
@@ -74,6 +86,17 @@ def save_model_dir(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _copy_tokenizer_metadata(base: Path, staging: Path, config: dict[str, Any]) -> None:
+    """The base model's tokenizer_config.json and generation_config.json (or one made from its token ids)."""
+    if (base / "tokenizer_config.json").exists():
+        shutil.copyfile(base / "tokenizer_config.json", staging / "tokenizer_config.json")
+    if (base / "generation_config.json").exists():
+        shutil.copyfile(base / "generation_config.json", staging / "generation_config.json")
+    else:
+        ids = {k: config[k] for k in ("bos_token_id", "eos_token_id") if config.get(k) is not None}
+        _write_json(staging / "generation_config.json", ids)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

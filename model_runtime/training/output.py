@@ -44,9 +44,10 @@ def prepare_output(path: str | Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def save_output(model: LlamaForCausalLM, tokenizer: Tokenizer, path: str | Path, manifest: dict[str, Any]) -> str:
+def save_output(model: LlamaForCausalLM, tokenizer: Tokenizer, path: str | Path, manifest: dict[str, Any],
+                base_model_dir: str | Path | None = None) -> str:
     """Write the model directory; an I/O failure leaves any previous output intact and exits 73."""
     try:
-        return save_model_dir(model, tokenizer, path, manifest=manifest)
+        return save_model_dir(model, tokenizer, path, manifest=manifest, base_model_dir=base_model_dir)
     except OSError as error:
         raise OutputNotWritableError(f"output.path: cannot write the model to {path}: {error}") from None

@@ -323,7 +323,8 @@ class Trainer:
         if not self.worker.is_main:
             return None
         self._report(self.total_steps, phase="Saving", eta_seconds=0.0)
-        digest = save_output(self.model, self.data.tokenizer, self.config.output.path, self._manifest())
+        base = self.config.base_model.path if self.config.base_model else None
+        digest = save_output(self.model, self.data.tokenizer, self.config.output.path, self._manifest(), base_model_dir=base)
         log.info("wrote model %s (%s)", self.config.output.path, digest)
         return self._report(self.total_steps, phase="Succeeded", final=True, eta_seconds=0.0,
                             output={"path": str(self.config.output.path), "digest": digest})

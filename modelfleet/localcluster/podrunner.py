@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,20 @@ PORT_ENV_NAMES = ("MASTER_PORT", "PET_MASTER_PORT", "MODELFLEET_PORT", "MODELFLE
 class RunningPod:
     name: str
     uid: str
-    process: subprocess.Popen[bytes]
     log_path: Path
+    command: list[str]
+    env: dict[str, str]
+    restart_always: bool
     ports: dict[str, int] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] = field(init=False)
     reported: bool = False
+    restarts: int = 0
+    restart_at: float | None = None
+
+    def spawn(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            cwd=self.log_path.parent, start_new_session=True)
 
 
 class PodRunner:
@@ -117,10 +128,19 @@ class PodRunner:
         self._reap()
 
     def _reap(self) -> None:
-        """Report processes that ended as the pods' exit codes."""
+        """Restart ended containers of restartPolicy Always pods (with the kubelet's back-off: 10 s doubling
+        to 5 min), and report the others' exit codes."""
         with self._lock:
             finished = [r for r in self.pods.values() if not r.reported and r.process.poll() is not None]
         for running in finished:
+            if running.restart_always:
+                if running.restart_at is None:
+                    running.restart_at = time.monotonic() + min(10 * 2 ** running.restarts, 300)
+                elif time.monotonic() >= running.restart_at and not self._stop.is_set():
+                    running.restarts += 1
+                    running.restart_at = None
+                    running.spawn()
+                continue
             code = running.process.returncode
             code = 128 - code if code < 0 else code  # killed by a signal: report as a shell would
             tail = running.log_path.read_text(errors="replace").strip().splitlines()[-3:]
@@ -146,13 +166,12 @@ class PodRunner:
         if command and command[0] == "modelfleet":
             command = [sys.executable, "-m", "modelfleet.cli", *command[1:]]
         command = [_rewrite_paths(arg, mounts) for arg in command]
-        log_path = sandbox / "container.log"
-        with open(log_path, "ab") as out:
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=sandbox, start_new_session=True)
-        log.info("started pod %s: %s (log %s)", name, " ".join(command), log_path)
+        running = RunningPod(name, pod.metadata.uid, sandbox / "container.log", command, env,
+                             restart_always=pod.spec.restart_policy in (None, "Always"), ports=ports)
+        running.spawn()
+        log.info("started pod %s: %s (log %s)", name, " ".join(command), running.log_path)
         with self._lock:
-            self.pods[pod.metadata.uid] = RunningPod(name, pod.metadata.uid, process, log_path, ports)
+            self.pods[pod.metadata.uid] = running
 
     def _mount_volumes(self, pod: client.V1Pod, container: client.V1Container, sandbox: Path) -> dict[str, str]:
         """Materialise the container's volume mounts; returns {container path: host path}."""
@@ -248,8 +267,10 @@ class PodRunner:
 
 
 def _rewrite_paths(text: str, mounts: dict[str, str]) -> str:
-    """Replace container paths (longest mount first) with their host paths."""
-    for container_path in sorted(mounts, key=len, reverse=True):
-        if container_path != mounts[container_path]:
-            text = re.sub(rf"(?<![\w/]){re.escape(container_path)}(?=/|\b|$)", mounts[container_path], text)
-    return text
+    """Replace container paths with their host paths in one pass (the longest mount path wins), so a
+    host path written in is never rewritten again by a shorter mount such as /tmp."""
+    moved = {c: h for c, h in mounts.items() if c != h}
+    if not moved:
+        return text
+    alternatives = "|".join(re.escape(c) for c in sorted(moved, key=len, reverse=True))
+    return re.sub(rf"(?<![\w/])({alternatives})(?=/|\b|$)", lambda m: moved[m.group(1)], text)

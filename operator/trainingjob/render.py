@@ -36,7 +36,8 @@ class Names:
 
     @property
     def service(self) -> str:
-        return self.job
+        """The headless Service: `<job>-nodes`, so it never clashes with a ModelDeployment's `<name>` Service."""
+        return f"{self.job}-nodes"
 
     @property
     def config(self) -> str:

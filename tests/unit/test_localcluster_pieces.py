@@ -22,6 +22,8 @@ def test_rewrite_paths_maps_container_paths_longest_first() -> None:
     assert _rewrite_paths(text, mounts) == (
         '{"path": "/home/me/data/corpus.txt", "cache": "/tmp/cache/x", "cfg": "/tmp/pod/cfg/trainer.json", "other": "/database"}')
     assert _rewrite_paths("/same/file", mounts) == "/same/file"
+    # A host path that lies under another mount's container path is not rewritten a second time.
+    assert _rewrite_paths("/models", {"/models": "/tmp/run/model", "/tmp": "/sandbox/tmp"}) == "/tmp/run/model"
 
 
 def test_cli_rejects_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:

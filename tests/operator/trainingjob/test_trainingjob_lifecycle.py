@@ -41,18 +41,18 @@ def test_children_are_rendered_with_the_designed_env_names_and_owners(jobs: Jobs
         assert pod["metadata"]["name"] == f"render-node-{rank}"
         assert pod["metadata"]["labels"]["modelfleet.dev/node-rank"] == str(rank)
         assert pod["metadata"]["ownerReferences"] == [owner]
-        assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == (f"render-node-{rank}", "render")
+        assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == (f"render-node-{rank}", "render-nodes")
         assert pod["spec"]["restartPolicy"] == "Never" and pod["spec"]["serviceAccountName"] == "render-trainer"
         assert pod["spec"]["containers"][0]["command"] == ["modelfleet", "train"]
         assert env_of(pod) == {
-            "MASTER_ADDR": "render-node-0.render", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "RANK": str(rank),
+            "MASTER_ADDR": "render-node-0.render-nodes", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "RANK": str(rank),
             "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(rank),
-            "PET_MASTER_ADDR": "render-node-0.render", "PET_MASTER_PORT": "29500",
+            "PET_MASTER_ADDR": "render-node-0.render-nodes", "PET_MASTER_PORT": "29500",
             "MODELFLEET_TRAINER_CONFIG": "/etc/modelfleet/trainer.json", "MODELFLEET_PROGRESS_CONFIGMAP": "render-progress",
             "MODELFLEET_JOB_NAME": "render",
             "MODELFLEET_NAMESPACE": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
             "NCCL_DEBUG": "INFO"}
-    service = jobs.get("service", "render")
+    service = jobs.get("service", "render-nodes")
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["metadata"]["ownerReferences"] == [owner]
     config = json.loads(jobs.get("configmap", "render-config")["data"]["trainer.json"])
@@ -186,14 +186,14 @@ def test_ttl_deletes_a_finished_job_and_its_children(jobs: Jobs, operator) -> No
     jobs.wait_running_pods("ttl", 2)
     jobs.end_pod("ttl-node-0", 65)
     wait_for(lambda: jobs.get("trainingjob", "ttl") is None, timeout=30, what="the job deleted by its TTL")
-    wait_for(lambda: jobs.pods("ttl") == [] and jobs.get("service", "ttl") is None, timeout=30, what="children collected")
+    wait_for(lambda: jobs.pods("ttl") == [] and jobs.get("service", "ttl-nodes") is None, timeout=30, what="children collected")
 
 
 def test_deleting_a_job_cascades_to_every_child(jobs: Jobs, operator) -> None:
     jobs.apply(job_manifest("cascade"))
     jobs.wait_running_pods("cascade", 2)
     jobs.kubectl("delete", "trainingjob", "cascade", "--wait=false")
-    children = [("service", "cascade"), ("configmap", "cascade-config"), ("configmap", "cascade-progress"),
+    children = [("service", "cascade-nodes"), ("configmap", "cascade-config"), ("configmap", "cascade-progress"),
                 ("serviceaccount", "cascade-trainer"), ("role", "cascade-progress"), ("rolebinding", "cascade-progress")]
     wait_for(lambda: jobs.get("trainingjob", "cascade") is None and jobs.pods("cascade") == []
              and all(jobs.get(kind, name) is None for kind, name in children), timeout=45, what="cascading deletion")

@@ -28,16 +28,16 @@ def test_pod_identity_env_and_command() -> None:
                                                        "prometheus.io/port": "9400", "prometheus.io/path": "/metrics"}
     assert pod["metadata"]["ownerReferences"] == [OWNER]
     spec = pod["spec"]
-    assert (spec["hostname"], spec["subdomain"], spec["restartPolicy"]) == ("tj-node-1", "tj", "Never")
+    assert (spec["hostname"], spec["subdomain"], spec["restartPolicy"]) == ("tj-node-1", "tj-nodes", "Never")
     assert spec["serviceAccountName"] == "tj-trainer"
     (container,) = spec["containers"]
     assert container["command"] == ["modelfleet", "train"]
     assert container["image"] == "registry/modelfleet:1"
     assert container["env"] == [
-        {"name": "MASTER_ADDR", "value": "tj-node-0.tj"}, {"name": "MASTER_PORT", "value": "29500"},
+        {"name": "MASTER_ADDR", "value": "tj-node-0.tj-nodes"}, {"name": "MASTER_PORT", "value": "29500"},
         {"name": "WORLD_SIZE", "value": "2"}, {"name": "RANK", "value": "1"},
         {"name": "PET_NNODES", "value": "2"}, {"name": "PET_NPROC_PER_NODE", "value": "1"},
-        {"name": "PET_NODE_RANK", "value": "1"}, {"name": "PET_MASTER_ADDR", "value": "tj-node-0.tj"},
+        {"name": "PET_NODE_RANK", "value": "1"}, {"name": "PET_MASTER_ADDR", "value": "tj-node-0.tj-nodes"},
         {"name": "PET_MASTER_PORT", "value": "29500"},
         {"name": "MODELFLEET_TRAINER_CONFIG", "value": "/etc/modelfleet/trainer.json"},
         {"name": "MODELFLEET_PROGRESS_CONFIGMAP", "value": "tj-progress"},
@@ -132,7 +132,7 @@ def test_trainer_config_is_accepted_by_the_trainer() -> None:
 def test_service_is_headless_and_publishes_not_ready_pods() -> None:
     job = make_job()
     service = render.service(parse_spec("tj", "ns", job["spec"]), job)
-    assert service["metadata"]["name"] == "tj"
+    assert service["metadata"]["name"] == "tj-nodes"
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == LABELS
 
@@ -140,7 +140,7 @@ def test_service_is_headless_and_publishes_not_ready_pods() -> None:
 def test_progress_rbac_allows_only_the_jobs_own_config_map() -> None:
     job = make_job()
     objs = {(o["kind"], o["metadata"]["name"]): o for o in render.supporting_objects(parse_spec("tj", "ns", job["spec"]), job)}
-    assert set(objs) == {("Service", "tj"), ("ConfigMap", "tj-config"), ("ConfigMap", "tj-progress"),
+    assert set(objs) == {("Service", "tj-nodes"), ("ConfigMap", "tj-config"), ("ConfigMap", "tj-progress"),
                          ("ServiceAccount", "tj-trainer"), ("Role", "tj-progress"), ("RoleBinding", "tj-progress")}
     assert objs[("Role", "tj-progress")]["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["tj-progress"], "verbs": ["get", "patch", "update"]}]
