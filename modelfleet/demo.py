@@ -184,7 +184,7 @@ class Demo:
         return completion.choices[0].text, chat
 
 
-def run(cluster: LocalCluster, work_dir: Path, steps: int = 150, nodes: int = 2,
+def run(cluster: LocalCluster, work_dir: Path, steps: int = 300, nodes: int = 2,
         say: Callable[[str], None] = print, timeout: float = 900) -> DemoResult:
     demo = Demo(cluster, work_dir, say)
     try:
@@ -201,7 +201,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="modelfleet demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=cache_dir() / "demo", help="working directory (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=150, help="training steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps (default: %(default)s)")
     parser.add_argument("--nodes", type=int, default=2, choices=(1, 2, 4), help="training nodes (default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running afterwards (stop it with "
                                                             "`modelfleet cluster down --dir DIR/cluster`)")
