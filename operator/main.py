@@ -51,6 +51,8 @@ def main(argv: list[str]) -> int:
     config = OperatorConfig.from_env()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # kopf logs every handled pod/ConfigMap event at INFO: too much during bursts
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     start_http_server(args.metrics_port or config.metrics_port)
     health_port = args.health_port or config.health_port
     asyncio.run(kopf.operator(
