@@ -120,8 +120,10 @@ class PodRunner:
         with self._lock:
             running = self.pods.get(pod.metadata.uid)
         if kind == "DELETED" or pod.metadata.deletion_timestamp:
-            if running and running.process.poll() is None:
-                running.process.send_signal(signal.SIGTERM)
+            if running:
+                running.reported = True  # the pod is going away: neither restart nor report it
+                if running.process.poll() is None:
+                    running.process.send_signal(signal.SIGTERM)
             return
         if running is None and pod.status.phase == "Running":
             self._launch(pod)
