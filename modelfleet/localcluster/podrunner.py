@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from kubernetes import client, watch
 
@@ -41,6 +41,7 @@ log = logging.getLogger("modelfleet.podrunner")
 
 EXIT_CODE_ANNOTATION = "fake.modelfleet.dev/exit-code"
 MESSAGE_ANNOTATION = "fake.modelfleet.dev/message"
+HOST_ENV_NAMES = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
 PORT_ENV_NAMES = ("MASTER_PORT", "PET_MASTER_PORT", "MODELFLEET_PORT", "MODELFLEET_METRICS_PORT")
 
 
@@ -164,10 +165,7 @@ class PodRunner:
         mounts = self._mount_volumes(pod, container, sandbox)
         env = self._environment(pod, container, mounts, sandbox)
         ports = {k: int(env[k]) for k in PORT_ENV_NAMES if k in env}
-        command = [*(container.command or []), *(container.args or [])]
-        if command and command[0] == "modelfleet":
-            command = [sys.executable, "-m", "modelfleet.cli", *command[1:]]
-        command = [_rewrite_paths(arg, mounts) for arg in command]
+        command = host_command([*(container.command or []), *(container.args or [])], mounts)
         running = RunningPod(name, pod.metadata.uid, sandbox / "container.log", command, env,
                              restart_always=pod.spec.restart_policy in (None, "Always"), ports=ports)
         running.spawn()
@@ -209,9 +207,7 @@ class PodRunner:
     def _environment(self, pod: client.V1Pod, container: client.V1Container, mounts: dict[str, str],
                      sandbox: Path) -> dict[str, str]:
         job = (pod.metadata.labels or {}).get("modelfleet.dev/trainingjob") or pod.metadata.name
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")}
-        for var in container.env or []:
-            env[var.name] = self._env_value(pod, var)
+        env = {var.name: self._env_value(pod, var) for var in container.env or []}
         for key in PORT_ENV_NAMES:
             if key in env:
                 shared = key in ("MASTER_PORT", "PET_MASTER_PORT")
@@ -221,7 +217,7 @@ class PodRunner:
         for key in ("MASTER_ADDR", "PET_MASTER_ADDR"):
             if key in env and peers.match(env[key]):
                 env[key] = "127.0.0.1"
-        env = {k: _rewrite_paths(v, mounts) for k, v in env.items()}
+        env = host_environment(env, mounts, os.environ)
         env["KUBECONFIG"] = self._service_account_kubeconfig(pod, sandbox)
         env["MODELFLEET_NAMESPACE"] = self.namespace
         env["PYTHONUNBUFFERED"] = "1"
@@ -266,6 +262,23 @@ class PodRunner:
         }))
         path.chmod(0o600)
         return str(path)
+
+
+def host_command(command: list[str], mounts: dict[str, str]) -> list[str]:
+    """The container's command with container paths mapped; `modelfleet` runs from this Python (whose
+    own path is a host path, never mapped)."""
+    mapped = [_rewrite_paths(arg, mounts) for arg in command]
+    if mapped and mapped[0] == "modelfleet":
+        return [sys.executable, "-m", "modelfleet.cli", *mapped[1:]]
+    return mapped
+
+
+def host_environment(container_env: dict[str, str], mounts: dict[str, str], host_env: Mapping[str, str]) -> dict[str, str]:
+    """The container's env with container paths mapped, over the host variables a process needs (those
+    are host paths and are never mapped; PATH always stays the host's)."""
+    base = {k: v for k, v in host_env.items() if k in HOST_ENV_NAMES}
+    mapped = {k: _rewrite_paths(v, mounts) for k, v in container_env.items()}
+    return {**base, **mapped, "PATH": host_env.get("PATH", "")}
 
 
 def _rewrite_paths(text: str, mounts: dict[str, str]) -> str:

@@ -1,10 +1,12 @@
 """Pure pieces of the local cluster: fake nodes, the pod runner's path mapping, the CLI dispatch."""
 
+import sys
+
 import pytest
 
 from modelfleet.cli import main as cli_main
 from modelfleet.localcluster.nodes import fake_nodes
-from modelfleet.localcluster.podrunner import _rewrite_paths
+from modelfleet.localcluster.podrunner import _rewrite_paths, host_command, host_environment
 
 
 def test_fake_nodes_have_gpu_capacity_and_hostname_labels() -> None:
@@ -31,3 +33,14 @@ def test_cli_rejects_unknown_command(capsys: pytest.CaptureFixture[str]) -> None
     assert "unknown command" in capsys.readouterr().err
     assert cli_main(["--help"]) == 0
     assert "cluster" in capsys.readouterr().out
+
+
+def test_host_paths_of_this_python_are_never_mapped() -> None:
+    """Regression: with the venv under /tmp and an emptyDir mounted at /tmp, the interpreter's own path and
+    the host's PATH were rewritten into the pod's sandbox, and no runtime pod could start."""
+    mounts = {"/tmp": "/sandbox/tmp", "/models": "/data/models"}
+    command = host_command(["modelfleet", "serve", "--model", "/models"], mounts)
+    assert command == [sys.executable, "-m", "modelfleet.cli", "serve", "--model", "/data/models"]
+    host = {"PATH": "/tmp/venv/bin:/usr/bin", "HOME": "/root", "SECRET": "x"}
+    env = host_environment({"HOME": "/tmp", "MODELFLEET_MODEL": "/models", "PATH": "/container/bin"}, mounts, host)
+    assert env == {"PATH": "/tmp/venv/bin:/usr/bin", "HOME": "/sandbox/tmp", "MODELFLEET_MODEL": "/data/models"}
