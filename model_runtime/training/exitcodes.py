@@ -12,6 +12,7 @@ DATA_ERROR = 65  # EX_DATAERR: missing, empty or malformed training data
 NONFINITE_LOSS = 70  # EX_SOFTWARE: the loss became NaN or infinite
 OUTPUT_NOT_WRITABLE = 73  # EX_CANTCREAT: the output or checkpoint location cannot be written
 CONFIG_ERROR = 78  # EX_CONFIG: the configuration is invalid
+PREEMPTED = 143  # 128 + SIGTERM: stopped on request after checkpointing; retryable, resumes where it stopped
 
 DO_NOT_RETRY = frozenset({DATA_ERROR, NONFINITE_LOSS, OUTPUT_NOT_WRITABLE, CONFIG_ERROR})
 
@@ -36,3 +37,9 @@ class NonFiniteLossError(TrainerError):
 
 class OutputNotWritableError(TrainerError):
     exit_code = OUTPUT_NOT_WRITABLE
+
+
+class PreemptedError(TrainerError):
+    """SIGTERM (pod eviction, preemption, deletion): the run checkpointed its current step and stopped."""
+
+    exit_code = PREEMPTED

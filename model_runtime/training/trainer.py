@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -32,7 +34,7 @@ from model_runtime.training.checkpoint import CheckpointStore, capture_rng_state
 from model_runtime.training.config import TrainerConfig
 from model_runtime.training.dataset import prepare_data
 from model_runtime.training.distributed import WorkerEnv
-from model_runtime.training.exitcodes import ConfigError, NonFiniteLossError
+from model_runtime.training.exitcodes import ConfigError, NonFiniteLossError, PreemptedError
 from model_runtime.training.metrics import TrainerMetrics, metrics_port
 from model_runtime.training.output import prepare_output, save_output
 from model_runtime.training.progress import Fanout, Progress, reporters_from_env
@@ -70,6 +72,7 @@ class Trainer:
         self.last_val_loss: float | None = None
         self.checkpoint_step: int | None = None
         self.tokens_per_second: float | None = None
+        self.stop_requested = False
 
     # ---- setup -------------------------------------------------------------------------------
     def run(self) -> Progress | None:
@@ -99,8 +102,19 @@ class Trainer:
         self.net: torch.nn.Module = self.ddp or self.model
         if self.train_cfg.compile:
             self.net = torch.compile(self.net)
-        self._loop(step)
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may take signals
+            self._loop(step)
+            return self._finish()
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        try:
+            self._loop(step)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return self._finish()
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM: finish the current step, checkpoint it and exit (see _stop_agreed)."""
+        self.stop_requested = True
 
     def _seed_everything(self) -> None:
         seed = self.train_cfg.seed
@@ -206,10 +220,11 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             interval.append(self._train_step(step, autocast))
             step += 1
+            stop = self._stop_agreed()
             last = step == self.total_steps
-            log_now = step % cfg.log_every == 0 or last
+            log_now = stop or step % cfg.log_every == 0 or last
             eval_now = cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last) and len(self.data.validation) > 0
-            ckpt_now = ckpt_every > 0 and (step % ckpt_every == 0 or last)
+            ckpt_now = stop or (ckpt_every > 0 and (step % ckpt_every == 0 or last))
             if not (log_now or eval_now or ckpt_now):
                 continue
             self.last_loss = self._check_losses(interval, step)
@@ -226,6 +241,16 @@ class Trainer:
             interval, interval_started = [], time.perf_counter()
             if ckpt_now:
                 self._checkpoint(step)
+            if stop:
+                raise PreemptedError(f"stopped by SIGTERM after checkpointing step {step}; a restart resumes from it")
+
+    def _stop_agreed(self) -> bool:
+        """True on every rank once any rank got SIGTERM, so all ranks checkpoint the same step together."""
+        if self.worker.world_size == 1:
+            return self.stop_requested
+        flag = torch.tensor([float(self.stop_requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _train_step(self, step: int, autocast: Any) -> torch.Tensor:
         """One optimizer step over this rank's micro-batches; returns this rank's mean loss (not synced)."""

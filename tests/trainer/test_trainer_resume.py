@@ -49,3 +49,41 @@ def test_sigkill_at_random_step_then_restart_matches_uninterrupted_run(reference
         return [(r["step"], r["loss"], r["learningRate"], r.get("valLoss")) for r in read_history(directory)]
 
     assert curve(tmp_path / "checkpoints") == curve(reference_run["root"] / "checkpoints")
+
+
+def test_sigterm_checkpoints_the_current_step_and_a_restart_matches_uninterrupted_run(reference_run, tmp_path):
+    """Eviction and preemption send SIGTERM: the run saves the step it is on (not the last periodic
+    checkpoint) and exits 143; the restarted run ends with the uninterrupted run's weights."""
+    config = {**reference_run["config"],
+              "checkpoint": {**reference_run["config"]["checkpoint"], "dir": str(tmp_path / "checkpoints"),
+                             "every": 1000},  # no periodic checkpoint before the end
+              "output": {"path": str(tmp_path / "model")}}
+    path = write_config(tmp_path / "config.yaml", config)
+    total = config["training"]["steps"]
+    stop_at = random.SystemRandom().randint(4, total // 2)
+
+    process = subprocess.Popen(train_command(path), env=trainer_env(), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= stop_at:
+                process.send_signal(signal.SIGTERM)
+                break
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1, checkpoints
+    saved = int(checkpoints[0].split("-")[1])
+    assert stop_at <= saved < total and "stopped by SIGTERM after checkpointing step" in stderr
+    assert not (tmp_path / "model").exists()
+
+    resumed = subprocess.run(train_command(path), env=trainer_env(), cwd=REPO, capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    ours = load_file(str(tmp_path / "model" / "model.safetensors"))
+    reference = load_file(str(reference_run["root"] / "model" / "model.safetensors"))
+    for name in reference:
+        assert ours[name].equal(reference[name]), f"{name} differs after a SIGTERM and a restart"
