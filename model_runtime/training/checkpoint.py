@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from model_runtime.training.exitcodes import OutputNotWritableError
+from model_runtime.training.output import probe_writable
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -37,10 +38,7 @@ class CheckpointStore:
     def prepare(self) -> None:
         """Create the directory and remove temporaries left by a run that died mid-write."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            probe_writable(self.directory, ".probe")
         except OSError as error:
             raise OutputNotWritableError(f"checkpoint.dir: cannot write to {self.directory}: {error}") from None
         for leftover in self.directory.glob(".step-*.tmp-*"):

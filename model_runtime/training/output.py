@@ -22,16 +22,21 @@ from model_runtime.training.exitcodes import OutputNotWritableError
 log = logging.getLogger(__name__)
 
 
+def probe_writable(directory: Path, probe_name: str) -> None:
+    """Create `directory` and write, then remove, an empty file in it; OSError when either fails."""
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f"{probe_name}-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def prepare_output(path: str | Path) -> None:
     """Fail fast (exit 73) when the output cannot be written, and tidy what an interrupted save left."""
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise OutputNotWritableError(f"output.path: {target} exists and is not a directory")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        probe = target.parent / f".{target.name}.probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(target.parent, f".{target.name}.probe")
     except OSError as error:
         raise OutputNotWritableError(f"output.path: cannot write in {target.parent}: {error.strerror or error}") from None
     for partial in target.parent.glob(f".{target.name}.partial-*"):
