@@ -22,7 +22,7 @@ from typing import Any, Callable
 from modelfleet.localcluster import LocalCluster
 from modelfleet.localcluster.binaries import REPO_ROOT, cache_dir
 from modelfleet.localcluster.podrunner import PodRunner
-from modelfleet.localcluster.processes import free_port
+from modelfleet.localcluster.processes import free_port, poll_until
 
 NAMESPACE = "modelfleet-demo"
 CORPUS = REPO_ROOT / "examples" / "data" / "corpus.txt"
@@ -114,15 +114,12 @@ class Demo:
             self.operator.wait(timeout=30)
 
     def _wait(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def operator_running() -> None:
             if self.operator is not None and self.operator.poll() is not None:
                 raise RuntimeError(f"the operator exited ({self.operator.returncode}); see {self.work_dir / 'operator.log'}")
-            value = check()
-            if value:
-                return value
-            time.sleep(0.5)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+        return poll_until(check, time.monotonic() + timeout, f"timed out after {timeout:.0f}s waiting for {what}",
+                          operator_running, interval=0.5)
 
     # -- the lifecycle --------------------------------------------------------------------------
     def train(self, steps: int, nodes: int, timeout: float) -> tuple[str, float]:

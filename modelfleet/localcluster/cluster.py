@@ -218,13 +218,13 @@ class LocalCluster:
 
     def _wait(self, what: str, check: Callable[[], bool], deadline: float,
               process: subprocess.Popen[bytes] | None = None) -> None:
-        while not check():
+        def still_running() -> None:
             if process is not None and process.poll() is not None:
                 log = (self.directory / "logs" / f"{what}.log").read_text(errors="replace").splitlines()[-5:]
                 raise RuntimeError(f"local cluster: {what} exited with {process.returncode}:\n" + "\n".join(log))
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"local cluster: {what} not ready in time; logs in {self.directory / 'logs'}")
-            time.sleep(0.2)
+
+        processes.poll_until(check, deadline, f"local cluster: {what} not ready in time; logs in {self.directory / 'logs'}",
+                             still_running)
 
     def _create_nodes(self) -> None:
         manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": fake_nodes()})

@@ -8,6 +8,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -77,3 +80,17 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def poll_until(check: Callable[[], T], deadline: float, on_timeout: str, guard: Callable[[], None] = lambda: None,
+               interval: float = 0.2) -> T:
+    """Call `check` until it returns something truthy, and return that. `guard` raises when what is waited
+    for can no longer come (its process died); past `deadline` (time.monotonic()) raise TimeoutError."""
+    while True:
+        guard()
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(on_timeout)
+        time.sleep(interval)

@@ -44,3 +44,20 @@ def test_host_paths_of_this_python_are_never_mapped() -> None:
     host = {"PATH": "/tmp/venv/bin:/usr/bin", "HOME": "/root", "SECRET": "x"}
     env = host_environment({"HOME": "/tmp", "MODELFLEET_MODEL": "/models", "PATH": "/container/bin"}, mounts, host)
     assert env == {"PATH": "/tmp/venv/bin:/usr/bin", "HOME": "/sandbox/tmp", "MODELFLEET_MODEL": "/data/models"}
+
+
+def test_poll_until_returns_the_value_stops_on_guard_and_times_out() -> None:
+    import time
+
+    from modelfleet.localcluster.processes import poll_until
+
+    answers = iter([None, 0, "ready"])
+    assert poll_until(lambda: next(answers), time.monotonic() + 5, "never", interval=0) == "ready"
+
+    def dead() -> None:
+        raise RuntimeError("process exited")
+
+    with pytest.raises(RuntimeError, match="process exited"):
+        poll_until(lambda: None, time.monotonic() + 5, "never", dead)
+    with pytest.raises(TimeoutError, match="gave up"):
+        poll_until(lambda: None, time.monotonic() + 0.05, "gave up", interval=0.01)
