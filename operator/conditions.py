@@ -41,11 +41,6 @@ def get_condition(conditions: list[Condition] | None, type_: str) -> Condition |
     return next((c for c in conditions or [] if c.get("type") == type_), None)
 
 
-def is_true(conditions: list[Condition] | None, type_: str) -> bool:
-    cond = get_condition(conditions, type_)
-    return bool(cond and cond.get("status") == "True")
-
-
 def _condition(type_: str, status: str, reason: str, message: str, generation: int | None, when: str) -> Condition:
     cond: Condition = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": when}
     if generation is not None:

@@ -1,6 +1,6 @@
 """Status conditions: lastTransitionTime moves only when the status flips."""
 
-from modelfleet_operator.conditions import get_condition, is_true, set_condition
+from modelfleet_operator.conditions import get_condition, set_condition
 
 
 def test_new_condition_is_added_with_generation() -> None:
@@ -23,7 +23,7 @@ def test_flipped_status_moves_transition_time_and_leaves_others_alone() -> None:
     conds = set_condition(conds, "Running", False, "Done", "", 1, now="t2")
     assert get_condition(conds, "Running")["lastTransitionTime"] == "t2"
     assert get_condition(conds, "Succeeded")["lastTransitionTime"] == "t1"
-    assert not is_true(conds, "Running")
+    assert get_condition(conds, "Running")["status"] == "False"
     assert [c["type"] for c in conds] == ["Running", "Succeeded"]
 
 
