@@ -17,6 +17,7 @@ K8S_VERSION=$(mod_version kubernetes k8s.io/kubernetes)
 ETCD_VERSION=$(mod_version etcd go.etcd.io/etcd/server/v3)
 KWOK_VERSION=$(mod_version kwok sigs.k8s.io/kwok)
 HELM_VERSION=$(mod_version helm helm.sh/helm/v3)
+COREDNS_VERSION=$(mod_version coredns github.com/coredns/coredns)
 k8s_minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 
 build() { # build <module dir> <output name> <package> [ldflags]
@@ -36,7 +37,7 @@ k8s_ldflags="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
  -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$k8s_minor"
 
 build etcd "etcd-$ETCD_VERSION" go.etcd.io/etcd/server/v3
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   build kubernetes "$c-$K8S_VERSION" "k8s.io/kubernetes/cmd/$c" "$k8s_ldflags"
 done
 build kwok "kwok-$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok \
@@ -45,10 +46,18 @@ build helm "helm-$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
 
+# The real node's cluster DNS, and the pod sandbox ("pause") program its image is built from (static: the image
+# holds nothing else).
+build coredns "coredns-$COREDNS_VERSION" github.com/coredns/coredns \
+  "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+CGO_ENABLED=0 build pause "pause-$(sha256sum "$here/go/pause/main.go" | cut -c1-12)" .
+
 # Stable names for callers, pointing at the pinned versions.
 for pair in "etcd etcd-$ETCD_VERSION" "kube-apiserver kube-apiserver-$K8S_VERSION" \
   "kube-controller-manager kube-controller-manager-$K8S_VERSION" "kube-scheduler kube-scheduler-$K8S_VERSION" \
-  "kubectl kubectl-$K8S_VERSION" "kwok kwok-$KWOK_VERSION" "helm helm-$HELM_VERSION"; do
+  "kubectl kubectl-$K8S_VERSION" "kubelet kubelet-$K8S_VERSION" "kube-proxy kube-proxy-$K8S_VERSION" \
+  "kwok kwok-$KWOK_VERSION" "helm helm-$HELM_VERSION" "coredns coredns-$COREDNS_VERSION" \
+  "pause pause-$(sha256sum "$here/go/pause/main.go" | cut -c1-12)"; do
   set -- $pair
   ln -sfn "$2" "$bin/$1"
 done

@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1
 # The workload image: `modelfleet train` (TrainingJob pods) and `modelfleet serve` (ModelDeployment pods).
-# Build from the repository root. CPU (the default, ~1 GB):
-#   docker build -f images/runtime.Dockerfile -t ghcr.io/modelfleet/modelfleet:0.1.0 .
-# CUDA: PyPI's Linux torch wheels bundle the CUDA libraries (nvidia-* wheels), so the same slim base works on
-# GPU nodes with the NVIDIA container toolkit; only the index changes (~5 GB):
-#   docker build -f images/runtime.Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
-#     -t ghcr.io/modelfleet/modelfleet:0.1.0-cuda .
+# Build from the repository root. Two variants of the same PyPI torch wheel (whose binaries link the CUDA
+# libraries, so even CPU-only use needs most of them to import):
+#   CUDA (the default, for GPU nodes with the NVIDIA container toolkit; torch and all its dependencies, ~6 GB):
+#     docker build -f images/runtime.Dockerfile -t ghcr.io/modelfleet/modelfleet:0.1.0 .
+#   CPU (without what only GPU work loads: Triton and cuSOLVER, ~4.5 GB):
+#     docker build -f images/runtime.Dockerfile --build-arg TORCH_VARIANT=cpu -t ghcr.io/modelfleet/modelfleet:0.1.0-cpu .
+# Without Docker: `modelfleet images build` builds both images with buildah (docs/images.md).
 # Pin the base by digest in CI (python:3.11-slim-bookworm@sha256:...) for reproducible builds.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -22,23 +23,27 @@ RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-is
 FROM ${PYTHON_IMAGE}
 # Must equal pyproject.toml's torch pin (tests/chart/test_images.py checks).
 ARG TORCH_VERSION=2.15.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VARIANT=cuda
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY images/constraints.txt /tmp/requirements/constraints.txt
-COPY --from=build /wheels /tmp/wheels
-# torch first, from the chosen index; then modelfleet and its pinned dependencies (torch is already satisfied:
-# 2.15.0+cpu matches ==2.15.0).
-# (torch's own dependencies come from PyPI when the torch index lacks the pinned versions; 2.15.0+cpu sorts
-# above PyPI's 2.15.0, so the extra index never swaps the build.)
-RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
-        -c /tmp/requirements/constraints.txt "torch==${TORCH_VERSION}" \
-    && pip install -c /tmp/requirements/constraints.txt /tmp/wheels/*.whl \
-    && rm -rf /tmp/requirements /tmp/wheels \
-    && groupadd --gid 65532 modelfleet \
+RUN groupadd --gid 65532 modelfleet \
     && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin modelfleet
+# Dependencies first, in a layer of their own that only a change of pins rebuilds: torch with its CUDA libraries,
+# then the pinned closure of modelfleet's other dependencies (images/constraints.txt), each exactly as pinned.
+COPY images/constraints.txt /tmp/requirements/constraints.txt
+RUN pip install -c /tmp/requirements/constraints.txt "torch==${TORCH_VERSION}" \
+    && case "${TORCH_VARIANT}" in \
+      cpu) pip uninstall -y triton nvidia-cusolver ;; \
+      cuda) ;; \
+      *) echo "TORCH_VARIANT must be cpu or cuda, not ${TORCH_VARIANT}" >&2; exit 2 ;; \
+    esac \
+    && pip install --no-deps -r /tmp/requirements/constraints.txt \
+    && rm -rf /tmp/requirements
+# The project's own code last: a code change rebuilds only this small layer.
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER 65532:65532
 # runtime API (8000), trainer metrics (9400), torch.distributed rendezvous (29500)
 EXPOSE 8000 9400 29500

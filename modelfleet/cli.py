@@ -8,6 +8,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("modelfleet.localcluster.cli", "the embedded local Kubernetes cluster: up, down, status"),
+    "images": ("modelfleet.images", "build the container images without Docker (buildah) and load them into the real node"),
     "demo": ("modelfleet.demo", "the whole lifecycle on the local cluster: train, then serve, then query"),
     "train": ("model_runtime.training.cli", "run the trainer (the program a TrainingJob's pods run)"),
     "serve": ("model_runtime.serving.cli", "run the inference server (the program a ModelDeployment's pods run)"),

@@ -15,12 +15,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, default=default_directory(),
                         help="where the cluster keeps its certificates, data, logs and kubeconfig (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the cluster to come up")
+    parser.add_argument("--no-real-node", dest="real_node", action="store_false",
+                        help="only kwok's fake nodes: no containers run, no root needed (fast scheduling tests)")
     return parser.parse_args(argv)
+
+
+def cluster_state_real_node(directory: Path) -> bool:
+    """Whether the cluster in `directory` was started with the real node (so `down` undoes it)."""
+    return LocalCluster(directory, real_node=False).load_state().real_node
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    cluster = LocalCluster(args.dir)
+    real_node = args.real_node if args.action == "up" else cluster_state_real_node(args.dir)
+    cluster = LocalCluster(args.dir, real_node=real_node, say=print)
     if args.action == "up":
         start = time.monotonic()
         cluster.up(timeout=args.timeout)
@@ -30,8 +38,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.action == "down":
         cluster.down()
-        print("local cluster stopped")
-        return 0
+        left = cluster.leftovers()
+        print("local cluster stopped" + (f"; left on the host: {', '.join(left)}" if left else ""))
+        return 1 if left else 0
     if args.action == "kubeconfig":
         print(cluster.kubeconfig)
         return 0

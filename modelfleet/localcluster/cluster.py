@@ -1,8 +1,15 @@
-"""The local control plane: start order, health checks, kubeconfig, and a clean stop.
+"""The local cluster: start order, health checks, kubeconfig, and a clean stop.
 
-etcd -> kube-apiserver (TLS, client-certificate auth, RBAC, service-account keys, default admission
-plugins) -> kube-controller-manager and kube-scheduler -> kwok (fake nodes) -> the nodes themselves.
-Every process listens on 127.0.0.1 only, on free ports chosen at start.
+etcd -> kube-apiserver (TLS, client-certificate auth, Node + RBAC authorization, service-account keys,
+default admission plugins) -> kube-controller-manager and kube-scheduler -> kwok (fake GPU and CPU nodes)
+-> the real node (containerd, CoreDNS, kubelet, kube-proxy; see realnode.py), with the images it runs.
+Without the real node every process listens on 127.0.0.1; with it, the API server listens on the pod
+bridge's gateway address so that pods reach it, and nothing listens on another interface.
+
+With the real node, kwok's nodes are tainted so that pods run on the real node unless they ask for a fake
+one: GPU nodes with `nvidia.com/gpu=present:NoSchedule` (tolerated automatically by pods that request GPUs,
+through the ExtendedResourceToleration admission plugin, as on GKE), the CPU node with
+`kwok.x-k8s.io/node=fake:NoSchedule`.
 """
 
 from __future__ import annotations
@@ -19,19 +26,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from modelfleet.localcluster import processes
+from modelfleet.localcluster import hostnet, processes
 from modelfleet.localcluster.binaries import KWOK_CONFIG, cache_dir, ensure_binaries
 from modelfleet.localcluster.nodes import fake_nodes
 from modelfleet.localcluster.pki import Pki, create_pki
+from modelfleet.localcluster.realnode import CONTAINERD_SOCKET, RealNode, dns_objects
 
-SERVICE_CIDR = "10.96.0.0/16"
-START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+SERVICE_CIDR = hostnet.SERVICE_CIDR
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+REAL_NODE = ("containerd", "coredns", "kubelet", "kube-proxy")
+LOCAL_VOLUMES = 24
+PORTS = ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+         "kubelet", "kube-proxy", "kube-proxy-metrics", "coredns", "coredns-ready")
 
 
 @dataclass
 class ClusterState:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    real_node: bool = False
+    images: dict[str, str] = field(default_factory=dict)
+    saved_sysctls: dict[str, str] = field(default_factory=dict)
 
 
 def default_directory() -> Path:
@@ -39,12 +54,33 @@ def default_directory() -> Path:
 
 
 class LocalCluster:
-    """A control plane whose files (certificates, etcd data, logs, kubeconfig) live in `directory`."""
+    """A cluster whose files (certificates, etcd data, logs, kubeconfig, the real node's state) live in
+    `directory`. `real_node=False` gives the control plane with kwok's fake nodes only (no root needed)."""
 
-    def __init__(self, directory: Path | None = None, bin_dir: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, bin_dir: Path | None = None, real_node: bool = True,
+                 say: Callable[[str], None] = lambda line: None) -> None:
         self.directory = Path(directory or default_directory()).resolve()
         self._bin_dir = bin_dir
+        self.real_node = real_node
+        self.say = say
         self.pki = Pki(self.directory / "pki")
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return CONTROL_PLANE + (REAL_NODE if self.real_node else ())
+
+    @property
+    def api_host(self) -> str:
+        return hostnet.GATEWAY if self.real_node else "127.0.0.1"
+
+    @property
+    def node(self) -> RealNode:
+        return RealNode(self.directory / "node", self.pki.directory, self.bin_dir)
+
+    @property
+    def images(self) -> dict[str, str]:
+        """The images loaded into the real node: name (pause, operator, runtime) -> reference."""
+        return self.load_state().images
 
     # -- paths and clients -------------------------------------------------------------------
     @property
@@ -75,7 +111,7 @@ class LocalCluster:
         return result
 
     def api_client(self) -> Any:
-        from kubernetes import client, config
+        from kubernetes import config
 
         return config.new_client_from_config(config_file=self.kubeconfig)
 
@@ -89,53 +125,94 @@ class LocalCluster:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def up(self, timeout: float = 120.0) -> None:
-        """Start every component and wait until the fake nodes are Ready. Idempotent while running."""
+        """Start every component and wait until every node is Ready. Idempotent while running.
+        With the real node, builds (once; cached) and loads the images it runs first."""
         if self.running():
             return
         self.down()
-        bins = self.bin_dir
+        self.bin_dir  # noqa: B018 (builds any missing binary before anything starts)
         self.directory.mkdir(parents=True, exist_ok=True)
+        state = ClusterState(ports={name: processes.free_port() for name in PORTS}, real_node=self.real_node)
+        if self.real_node:
+            self._prepare_real_node(state)
         create_pki(self.directory / "pki")
-        state = ClusterState(ports={name: processes.free_port() for name in
-                                    ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager",
-                                     "kube-scheduler", "kwok")})
         self._write_kubeconfigs(state.ports["kube-apiserver"])
         deadline = time.monotonic() + timeout
         try:
-            for name in START_ORDER:
-                proc = processes.start(self._command(name, bins, state.ports), self.directory / "logs" / f"{name}.log")
-                state.pids[name] = proc.pid
+            if self.real_node:
+                state.saved_sysctls = hostnet.setup(state.ports["kube-apiserver"])
                 self._save_state(state)
-                self._wait(name, lambda n=name: self._healthy(n, state), deadline, process=proc)
+            for name in CONTROL_PLANE:
+                self._start(name, state, deadline)
             self._create_nodes()
+            if self.real_node:
+                deadline = self._start_real_node(state, timeout)
             self._wait("nodes Ready", self._nodes_ready, deadline)
             self._wait("default service account", self._default_service_account, deadline)
         except BaseException:
             self.down()
             raise
 
+    def _start(self, name: str, state: ClusterState, deadline: float) -> None:
+        proc = processes.start(self._command(name, self.bin_dir, state.ports), self.directory / "logs" / f"{name}.log")
+        state.pids[name] = proc.pid
+        self._save_state(state)
+        self._wait(name, lambda: self._healthy(name, state), deadline, process=proc)
+
+    def _prepare_real_node(self, state: ClusterState) -> None:
+        from modelfleet.images import ImageBuilder
+
+        RealNode.check_host()
+        self.node.claim(self.directory)
+        state.images = ImageBuilder(say=self.say).build_all()
+        self.node.write_configs(state.images["pause"], state.ports)
+
+    def _start_real_node(self, state: ClusterState, timeout: float) -> float:
+        """Start the node's components; returns the deadline for what follows (loading images can take
+        minutes the first time, and does not count against `timeout`)."""
+        from modelfleet.images import ImageBuilder
+
+        node = self.node
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            *dns_objects(), *node.prepare_volumes(LOCAL_VOLUMES)]}))
+        self._start("containerd", state, time.monotonic() + timeout)
+        ImageBuilder(say=self.say).load(list(state.images.values()), CONTAINERD_SOCKET)
+        deadline = time.monotonic() + timeout
+        for name in ("coredns", "kubelet", "kube-proxy"):
+            self._start(name, state, deadline)
+        return deadline
+
     def down(self) -> None:
-        """Stop every component (SIGTERM, then SIGKILL) in reverse start order and forget the state."""
+        """Stop every component (SIGTERM, then SIGKILL) in reverse start order, undo what the real node did
+        to the host, and forget the state."""
         state = self.load_state()
-        for name in reversed(START_ORDER):
+        for name in reversed(CONTROL_PLANE + REAL_NODE):
+            if name == "containerd" and state.real_node:
+                self.node.remove_containers()
             if name in state.pids:
                 processes.stop(state.pids[name], expected=name)
+        if state.real_node:
+            self.node.cleanup(state.saved_sysctls)
         if self.state_file.exists():
             self.state_file.unlink()
         shutil.rmtree(self.directory / "etcd", ignore_errors=True)
 
+    def leftovers(self) -> list[str]:
+        """What a stopped cluster left on the host (processes excepted): empty after a clean `down`."""
+        return self.node.leftovers() if self.real_node else []
+
     def running(self) -> bool:
         state = self.load_state()
-        return bool(state.pids) and all(self._healthy(n, state) for n in START_ORDER)
+        return bool(state.pids) and state.real_node == self.real_node and all(
+            self._healthy(n, state) for n in self.components)
 
     def status(self) -> dict[str, bool]:
         state = self.load_state()
-        return {name: bool(state.pids) and self._healthy(name, state) for name in START_ORDER}
+        return {name: bool(state.pids) and self._healthy(name, state) for name in self.components}
 
     # -- internals ------------------------------------------------------------------------------
     def _command(self, name: str, bins: Path, ports: dict[str, int]) -> list[str]:
         pki, d = self.pki, self.directory
-        api = f"https://127.0.0.1:{ports['kube-apiserver']}"
         if name == "etcd":
             peer = f"http://127.0.0.1:{ports['etcd-peer']}"
             client = f"http://127.0.0.1:{ports['etcd']}"
@@ -145,15 +222,20 @@ class LocalCluster:
                     f"--initial-cluster=local={peer}", "--unsafe-no-fsync", "--log-level=warn",
                     "--listen-metrics-urls="]
         if name == "kube-apiserver":
+            kubelet_client = pki.client("apiserver-kubelet-client")
             return [str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-                    "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                    f"--bind-address={self.api_host}", f"--advertise-address={self.api_host}",
                     f"--secure-port={ports['kube-apiserver']}",
                     f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
-                    f"--client-ca-file={pki.ca_cert}", "--authorization-mode=RBAC",
+                    f"--client-ca-file={pki.ca_cert}", "--authorization-mode=Node,RBAC",
                     f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                     f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
-                    "--enable-admission-plugins=NodeRestriction", "--profiling=false",
+                    "--enable-admission-plugins=NodeRestriction,ExtendedResourceToleration", "--profiling=false",
+                    f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
+                    f"--kubelet-certificate-authority={pki.ca_cert}",
+                    # never resolve the node's name through this machine's resolver
+                    "--kubelet-preferred-address-types=InternalIP",
                     f"--cert-dir={d / 'pki' / 'apiserver'}"]
         if name == "kube-controller-manager":
             kc = str(d / "controller-manager.kubeconfig")
@@ -174,12 +256,14 @@ class LocalCluster:
             return [str(bins / "kwok"), f"--kubeconfig={d / 'kwok.kubeconfig'}", f"--config={KWOK_CONFIG}",
                     f"--server-address=127.0.0.1:{ports['kwok']}", "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake"]
+        if name in REAL_NODE:
+            return self.node.command(name)
         raise ValueError(name)
 
     def _write_kubeconfigs(self, api_port: int) -> None:
-        server = f"https://127.0.0.1:{api_port}"
-        for client, path in (("admin", self.kubeconfig), ("controller-manager", self.directory / "controller-manager.kubeconfig"),
-                             ("scheduler", self.directory / "scheduler.kubeconfig"), ("kwok", self.directory / "kwok.kubeconfig")):
+        server = f"https://{self.api_host}:{api_port}"
+        clients = ["controller-manager", "scheduler", "kwok"] + (["kubelet", "kube-proxy", "coredns"] if self.real_node else [])
+        for client, path in (("admin", self.kubeconfig), *((c, self.directory / f"{c}.kubeconfig") for c in clients)):
             cert, key = self.pki.client(client)
             config = {
                 "apiVersion": "v1", "kind": "Config", "current-context": "modelfleet-local",
@@ -194,13 +278,18 @@ class LocalCluster:
         pid = state.pids.get(name)
         if pid is None or not processes.alive(pid):
             return False
+        if name == "containerd":
+            return subprocess.run(["ctr", "--address", str(CONTAINERD_SOCKET), "version"],
+                                  capture_output=True).returncode == 0
         port = state.ports[name]
         if name == "etcd":
             return self._get(f"http://127.0.0.1:{port}/health", None) == 200
         if name == "kube-apiserver":
-            return self._get(f"https://127.0.0.1:{port}/readyz", self._admin_tls()) == 200
-        if name == "kwok":
+            return self._get(f"https://{self.api_host}:{port}/readyz", self._admin_tls()) == 200
+        if name in ("kwok", "kubelet", "kube-proxy"):
             return self._get(f"http://127.0.0.1:{port}/healthz", None) == 200
+        if name == "coredns":
+            return self._get(f"http://127.0.0.1:{state.ports['coredns-ready']}/ready", None) == 200
         return self._get(f"https://127.0.0.1:{port}/healthz", ssl._create_unverified_context()) == 200
 
     def _admin_tls(self) -> ssl.SSLContext:
@@ -227,7 +316,7 @@ class LocalCluster:
                              still_running)
 
     def _create_nodes(self) -> None:
-        manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": fake_nodes()})
+        manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": fake_nodes(tainted=self.real_node)})
         self.kubectl("apply", "-f", "-", input=manifest)
 
     def _nodes_ready(self) -> bool:
@@ -235,7 +324,7 @@ class LocalCluster:
         if result.returncode != 0:
             return False
         items = json.loads(result.stdout)["items"]
-        return len(items) == len(fake_nodes()) and all(
+        return len(items) == len(fake_nodes()) + self.real_node and all(
             any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
             for n in items)
 

@@ -12,7 +12,11 @@ GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 GPUS_PER_NODE = 8
 
 
-def _node(name: str, labels: dict[str, str], capacity: dict[str, str]) -> dict[str, Any]:
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+FAKE_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+
+
+def _node(name: str, labels: dict[str, str], capacity: dict[str, str], taints: list[dict[str, str]]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -22,11 +26,14 @@ def _node(name: str, labels: dict[str, str], capacity: dict[str, str]) -> dict[s
             "labels": {"type": "kwok", "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
                        "kubernetes.io/hostname": name, **labels},
         },
+        "spec": {"taints": taints},
         "status": {"capacity": capacity, "allocatable": capacity},
     }
 
 
-def fake_nodes(gpu_nodes: int = 2, cpu_nodes: int = 1) -> list[dict[str, Any]]:
+def fake_nodes(gpu_nodes: int = 2, cpu_nodes: int = 1, tainted: bool = False) -> list[dict[str, Any]]:
+    """With `tainted` (next to a real node), pods land on a fake node only when they ask to: GPU pods get the
+    GPU taint's toleration from the ExtendedResourceToleration admission plugin; others tolerate FAKE_TAINT."""
     gpu_labels = {
         "node.kubernetes.io/instance-type": "gpu-8x-h100",
         "nvidia.com/gpu.present": "true",
@@ -37,6 +44,7 @@ def fake_nodes(gpu_nodes: int = 2, cpu_nodes: int = 1) -> list[dict[str, Any]]:
     gpu_capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "ephemeral-storage": "1Ti",
                     "nvidia.com/gpu": str(GPUS_PER_NODE)}
     cpu_capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "500Gi"}
-    return [_node(f"gpu-node-{i}", gpu_labels, gpu_capacity) for i in range(gpu_nodes)] + [
-        _node(f"cpu-node-{i}", {"node.kubernetes.io/instance-type": "cpu-16"}, cpu_capacity) for i in range(cpu_nodes)
+    return [_node(f"gpu-node-{i}", gpu_labels, gpu_capacity, [GPU_TAINT] if tainted else []) for i in range(gpu_nodes)] + [
+        _node(f"cpu-node-{i}", {"node.kubernetes.io/instance-type": "cpu-16"}, cpu_capacity, [FAKE_TAINT] if tainted else [])
+        for i in range(cpu_nodes)
     ]

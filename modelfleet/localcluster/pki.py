@@ -10,12 +10,22 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfleet.localcluster.hostnet import GATEWAY
+from modelfleet.localcluster.realnode import NODE_NAME
+
 CLIENTS = {
     # name: (common name = user, organisation = group)
     "admin": ("modelfleet-admin", "system:masters"),
     "controller-manager": ("system:kube-controller-manager", ""),
     "scheduler": ("system:kube-scheduler", ""),
     "kwok": ("modelfleet-kwok", "system:masters"),
+    # The real node's components (Node authorizer + NodeRestriction for the kubelet; the default
+    # system:node-proxier binding for kube-proxy; a ClusterRole of its own for CoreDNS).
+    "kubelet": (f"system:node:{NODE_NAME}", "system:nodes"),
+    "kube-proxy": ("system:kube-proxy", ""),
+    "coredns": ("modelfleet-coredns", ""),
+    # The API server towards the kubelet (logs, exec, port-forward), bound to system:kubelet-api-admin.
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ""),
 }
 
 
@@ -82,9 +92,13 @@ def create_pki(directory: Path) -> Pki:
     _openssl("req", "-x509", "-new", "-key", str(pki.ca_key), "-subj", "/CN=modelfleet-local-ca", "-days", "365",
              "-sha256", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              "-out", str(pki.ca_cert))
-    san = "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.96.0.1"
+    san = ("DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+           f"DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1,IP:{GATEWAY}")
     _sign(pki, "apiserver", "/CN=kube-apiserver",
           f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName={san}\n")
+    _sign(pki, "kubelet-serving", f"/CN={NODE_NAME}",
+          "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+          f"subjectAltName=DNS:{NODE_NAME},IP:{GATEWAY}\n")
     for name, (cn, org) in CLIENTS.items():
         subject = f"/CN={cn}" + (f"/O={org}" if org else "")
         _sign(pki, name, subject, "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n")

@@ -13,6 +13,7 @@ from typing import Any
 from kubernetes.utils.quantity import parse_quantity
 
 from modelfleet_operator import API_VERSION, labels
+from modelfleet_operator.security import container_security_context, pod_security_context
 from modelfleet_operator.modeldeployment.capacity import Strategy
 from modelfleet_operator.modeldeployment.resolve import ResolvedModel
 from modelfleet_operator.modeldeployment.spec import DeploymentSpec, parse_model_uri
@@ -26,7 +27,6 @@ PRESTOP_SLEEP_SECONDS = 5
 GRACE_MARGIN_SECONDS = 10
 STARTUP_PERIOD_SECONDS = 10
 DEFAULT_FETCH_IMAGE = "amazon/aws-cli:2.22.35"
-RUN_AS_USER = 1000
 
 MODEL_URI_ANNOTATION = "modelfleet.dev/model-uri"
 MODEL_DIGEST_ANNOTATION = "modelfleet.dev/model-digest"
@@ -87,13 +87,7 @@ def render_deployment(spec: DeploymentSpec, ctx: RenderContext) -> dict[str, Any
     if ctx.model.digest:
         annotations[MODEL_DIGEST_ANNOTATION] = ctx.model.digest
     pod_spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": (
@@ -256,16 +250,6 @@ def _metadata(ctx: RenderContext) -> dict[str, Any]:
     }
 
 
-def _security_context() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def _runtime_container(spec: DeploymentSpec, ctx: RenderContext, model_path: str) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -294,7 +278,7 @@ def _runtime_container(spec: DeploymentSpec, ctx: RenderContext, model_path: str
         },
         # Keep serving while the endpoint removal propagates; then SIGTERM makes the runtime drain.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
-        "securityContext": _security_context(),
+        "securityContext": container_security_context(read_only_root=True),
         # A container that dies while loading leaves its last log lines where the operator can read them.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
@@ -362,7 +346,7 @@ def _model_volume(
         "command": ["aws", "s3", "sync", "--no-progress", "--only-show-errors",
                     f"s3://{'/'.join(p for p in (source.location, source.path) if p)}", MODEL_MOUNT],
         "env": fetch_env,
-        "securityContext": _security_context(),
+        "securityContext": container_security_context(read_only_root=True),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}],
     }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from modelfleet_operator import API_VERSION, labels
+from modelfleet_operator.security import container_security_context, pod_security_context
 from modelfleet_operator.trainingjob.spec import MASTER_PORT, JobSpec, Location
 
 KIND = "TrainingJob"
@@ -23,7 +24,6 @@ PROGRESS_KEY = "progress"
 STORAGE_ROOT = "/mnt/modelfleet"
 METRICS_PORT = 9400
 ATTEMPT_ANNOTATION = "modelfleet.dev/attempt"
-RUN_AS = 1000
 
 Obj = dict[str, Any]
 
@@ -228,8 +228,7 @@ def pod(spec: JobSpec, owner: Mapping[str, Any], rank: int, attempt: int, image:
         "volumeMounts": [{"name": "modelfleet-config", "mountPath": CONFIG_DIR, "readOnly": True},
                          {"name": "modelfleet-shm", "mountPath": "/dev/shm"},
                          *store.mounts, *spec.volume_mounts],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                            "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": container_security_context(),
     }
     if spec.resources:
         container["resources"] = spec.resources
@@ -239,8 +238,7 @@ def pod(spec: JobSpec, owner: Mapping[str, Any], rank: int, attempt: int, image:
         "subdomain": names.service,
         "serviceAccountName": names.service_account,
         "enableServiceLinks": False,  # many jobs per namespace would otherwise flood the env with *_SERVICE_* vars
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-                            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": [{"name": "modelfleet-config", "configMap": {"name": names.config}},
                     {"name": "modelfleet-shm", "emptyDir": {"medium": "Memory"}},
