@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from modelfleet.localcluster import LocalCluster
 
-        cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")))
+        cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), real_node=False)  # a scale test: kwok only
         cluster.up(timeout=180)
         kubeconfig, env = cluster.kubeconfig, cluster.env
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))

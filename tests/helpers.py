@@ -34,14 +34,24 @@ RESTRICTED_CONTAINER_SECURITY = {
 }
 
 
+# Scheduling that puts a pod on one of kwok's fake nodes (which run nothing: kwok fakes the pod's status) rather
+# than on the real node: for tests of scheduling and of the controllers' reactions to pod states.
+ON_FAKE_NODES: dict[str, Any] = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
 def restricted_pod(name: str, limits: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """A minimal pod that passes Pod Security "restricted"."""
+    """A minimal pod that passes Pod Security "restricted", for kwok's fake nodes."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": labels or {}},
         "spec": {
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            **ON_FAKE_NODES,
             "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
                             "resources": {"limits": limits or {}}, "securityContext": RESTRICTED_CONTAINER_SECURITY}],
         },

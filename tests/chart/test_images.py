@@ -109,3 +109,25 @@ def test_the_wheel_the_images_install_contains_every_package(tmp_path: Path) -> 
     expected = {init.parent.relative_to(REPO).as_posix().replace(folder, package, 1)
                 for folder, package in sources.items() for init in (REPO / folder).rglob("__init__.py")}
     assert expected - packaged == set()
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_pods_the_operator_renders_run_as_the_images_user(name: str) -> None:
+    """A trainer pod's files on a shared volume must be readable and writable by the runtime pod, and a hostPath
+    volume (fsGroup does not apply) writable by the image's user: one uid everywhere."""
+    from modelfleet_operator.security import WORKLOAD_UID, pod_security_context
+
+    [user] = re.findall(r"^USER (\S+)$", (IMAGES / name).read_text(), re.MULTILINE)
+    assert user == f"{WORKLOAD_UID}:{WORKLOAD_UID}"
+    assert pod_security_context()["runAsUser"] == pod_security_context()["runAsGroup"] == WORKLOAD_UID
+
+
+def test_the_cpu_variant_leaves_out_only_what_torch_does_not_link() -> None:
+    """torch's CPU code links the CUDA runtime, cuBLAS, cuDNN, NCCL...: the CPU variant may drop only packages
+    no library of torch needs to load (the real node's tests import torch from this image)."""
+    dockerfile = (IMAGES / "runtime.Dockerfile").read_text()
+    assert "ARG TORCH_VARIANT=cuda\n" in dockerfile
+    [dropped] = re.findall(r"cpu\) pip uninstall -y ([^;]+) ;;", dockerfile)
+    assert set(dropped.split()) == {"triton", "nvidia-cusolver"}
+    # Everything else exactly as pinned, without resolving torch's requirements again.
+    assert "pip install --no-deps -r /tmp/requirements/constraints.txt" in dockerfile

@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 import yaml
 
+from modelfleet.images import chart_values
 from modelfleet.localcluster import LocalCluster
 from tests.chart.helm import CHART, REPO, Helm, pods_of, values_args
 from tests.chart.permissions import (FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_MODE_ONLY,
@@ -57,8 +58,10 @@ class Release:
         return f"system:serviceaccount:{self.namespace}:{self.service_account}"
 
     def install(self, *extra: str) -> None:
+        # On the real node the operator pod runs the image built from images/operator.Dockerfile.
+        values = {**(chart_values(self.cluster.images) if self.cluster.images else {}), **(self.values or {})}
         self.helm.run("upgrade", "--install", self.name, str(CHART), "--namespace", self.namespace, "--wait",
-                      "--timeout", "120s", *values_args(self.helm.home, self.values), *extra)
+                      "--timeout", "120s", *values_args(self.helm.home, values), *extra)
 
     def uninstall(self, check: bool = True) -> None:
         self.helm.run("uninstall", self.name, "--namespace", self.namespace, "--wait", check=check)

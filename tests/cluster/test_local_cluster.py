@@ -1,5 +1,5 @@
 """The local control plane is a real Kubernetes: scheduling, controllers, garbage collection, fake GPU
-nodes driven by kwok stages, a real version, and helm."""
+nodes driven by kwok stages, a real version, and helm. (The real node: tests/realnode.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from modelfleet.localcluster import LocalCluster
 from modelfleet.localcluster import processes
+from modelfleet.localcluster.realnode import NODE_NAME
 from tests.helpers import restricted_pod, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -25,9 +26,9 @@ def apply(cluster: LocalCluster, namespace: str, obj: dict) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
 
-def test_three_nodes_ready_with_gpu_capacity(cluster: LocalCluster) -> None:
+def test_fake_nodes_ready_with_gpu_capacity(cluster: LocalCluster) -> None:
     nodes = {n["metadata"]["name"]: n for n in get(cluster, "nodes")["items"]}
-    assert set(nodes) == {"gpu-node-0", "gpu-node-1", "cpu-node-0"}
+    assert set(nodes) - {NODE_NAME} == {"gpu-node-0", "gpu-node-1", "cpu-node-0"}
     for node in nodes.values():
         ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
         assert ready["status"] == "True"
@@ -126,9 +127,9 @@ def test_helm_works_and_lints_a_chart_strictly(cluster: LocalCluster, tmp_path: 
     assert lint.returncode != 0
 
 
-def test_up_and_down_twice_leaves_no_process_or_port(tmp_path: Path, cluster: LocalCluster) -> None:
+def test_kwok_only_cluster_up_and_down_twice_leaves_no_process_or_port(tmp_path: Path, cluster: LocalCluster) -> None:
     for attempt in range(2):
-        local = LocalCluster(tmp_path / f"c{attempt}", bin_dir=cluster.bin_dir)
+        local = LocalCluster(tmp_path / f"c{attempt}", bin_dir=cluster.bin_dir, real_node=False)
         local.up(timeout=120)
         state = local.load_state()
         assert local.running()

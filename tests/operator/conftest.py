@@ -49,6 +49,9 @@ class OperatorProcess:
     def start(self, timeout: float = 60) -> None:
         env = {**self.cluster.env, "MODELFLEET_METRICS_PORT": str(self.metrics_port),
                "MODELFLEET_HEALTH_PORT": str(self.health_port), "PYTHONUNBUFFERED": "1"}
+        runtime_image = getattr(self.cluster, "images", {}).get("runtime")
+        if runtime_image:  # the image built from images/runtime.Dockerfile, loaded into the real node
+            env |= {"MODELFLEET_TRAINER_IMAGE": runtime_image, "MODELFLEET_RUNTIME_IMAGE": runtime_image}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator"], env=env,
                                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

@@ -1,12 +1,15 @@
-"""Pure pieces of the local cluster: fake nodes, the pod runner's path mapping, the CLI dispatch."""
+"""Pure pieces of the local cluster: fake nodes, the real node's configuration and firewall, images, the CLI."""
 
-import sys
+import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from modelfleet.cli import main as cli_main
 from modelfleet.localcluster.nodes import fake_nodes
-from modelfleet.localcluster.podrunner import _rewrite_paths, host_command, host_environment
+from modelfleet.images import ImageBuilder, build_context_files
+from modelfleet.localcluster import hostnet, realnode
 
 
 def test_fake_nodes_have_gpu_capacity_and_hostname_labels() -> None:
@@ -18,32 +21,11 @@ def test_fake_nodes_have_gpu_capacity_and_hostname_labels() -> None:
     assert all(n["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake" for n in nodes.values())
 
 
-def test_rewrite_paths_maps_container_paths_longest_first() -> None:
-    mounts = {"/etc/modelfleet": "/tmp/pod/cfg", "/data": "/home/me/data", "/data/cache": "/tmp/cache", "/same": "/same"}
-    text = '{"path": "/data/corpus.txt", "cache": "/data/cache/x", "cfg": "/etc/modelfleet/trainer.json", "other": "/database"}'
-    assert _rewrite_paths(text, mounts) == (
-        '{"path": "/home/me/data/corpus.txt", "cache": "/tmp/cache/x", "cfg": "/tmp/pod/cfg/trainer.json", "other": "/database"}')
-    assert _rewrite_paths("/same/file", mounts) == "/same/file"
-    # A host path that lies under another mount's container path is not rewritten a second time.
-    assert _rewrite_paths("/models", {"/models": "/tmp/run/model", "/tmp": "/sandbox/tmp"}) == "/tmp/run/model"
-
-
 def test_cli_rejects_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert cli_main(["--help"]) == 0
     assert "cluster" in capsys.readouterr().out
-
-
-def test_host_paths_of_this_python_are_never_mapped() -> None:
-    """Regression: with the venv under /tmp and an emptyDir mounted at /tmp, the interpreter's own path and
-    the host's PATH were rewritten into the pod's sandbox, and no runtime pod could start."""
-    mounts = {"/tmp": "/sandbox/tmp", "/models": "/data/models"}
-    command = host_command(["modelfleet", "serve", "--model", "/models"], mounts)
-    assert command == [sys.executable, "-m", "modelfleet.cli", "serve", "--model", "/data/models"]
-    host = {"PATH": "/tmp/venv/bin:/usr/bin", "HOME": "/root", "SECRET": "x"}
-    env = host_environment({"HOME": "/tmp", "MODELFLEET_MODEL": "/models", "PATH": "/container/bin"}, mounts, host)
-    assert env == {"PATH": "/tmp/venv/bin:/usr/bin", "HOME": "/sandbox/tmp", "MODELFLEET_MODEL": "/data/models"}
 
 
 def test_poll_until_returns_the_value_stops_on_guard_and_times_out() -> None:
@@ -61,3 +43,113 @@ def test_poll_until_returns_the_value_stops_on_guard_and_times_out() -> None:
         poll_until(lambda: None, time.monotonic() + 5, "never", dead)
     with pytest.raises(TimeoutError, match="gave up"):
         poll_until(lambda: None, time.monotonic() + 0.05, "gave up", interval=0.01)
+
+
+def test_fake_nodes_next_to_a_real_node_are_tainted() -> None:
+    nodes = {n["metadata"]["name"]: n for n in fake_nodes(tainted=True)}
+    assert nodes["gpu-node-0"]["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    assert nodes["cpu-node-0"]["spec"]["taints"] == [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]
+    assert all(n["spec"]["taints"] == [] for n in fake_nodes())
+
+
+def test_firewall_keeps_pod_traffic_on_the_bridge() -> None:
+    rules = hostnet.firewall_rules(api_port=6443)
+    assert set(rules) == {"MODELFLEET-INPUT", "MODELFLEET-FORWARD", "MODELFLEET-OUTPUT"}
+    forward = rules["MODELFLEET-FORWARD"]
+    assert forward[0] == ("-i", hostnet.BRIDGE, "-o", hostnet.BRIDGE, "-j", "ACCEPT")
+    assert ("-i", hostnet.BRIDGE, "-j", "DROP") in forward and ("-o", hostnet.BRIDGE, "-j", "DROP") in forward
+    inbound = rules["MODELFLEET-INPUT"]
+    # loopback and the bridge first, then the drops for everything else
+    assert inbound[:2] == [("-i", "lo", "-j", "RETURN"), ("-i", hostnet.BRIDGE, "-j", "RETURN")]
+    assert ("-p", "tcp", "--dport", "6443", "-j", "DROP") in inbound
+    outbound = rules["MODELFLEET-OUTPUT"]
+    assert ("-d", hostnet.SERVICE_CIDR, "-j", "DROP") in outbound and ("-d", hostnet.POD_CIDR, "-j", "DROP") in outbound
+
+
+SAVED = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:KUBE-FIREWALL - [0:0]
+:MODELFLEET-INPUT - [0:0]
+:OTHER - [0:0]
+-A INPUT -j MODELFLEET-INPUT
+-A INPUT -j KUBE-FIREWALL
+-A INPUT -j OTHER
+-A KUBE-FIREWALL -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:CNI-HOSTPORT-DNAT - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+COMMIT
+"""
+
+
+def test_teardown_finds_every_chain_of_the_node_and_the_jumps_into_them() -> None:
+    chains = hostnet.our_chains(SAVED)
+    assert chains == {"filter": ["KUBE-FIREWALL", "MODELFLEET-INPUT"], "nat": ["KUBE-SERVICES", "CNI-HOSTPORT-DNAT"]}
+    assert hostnet.jumps_into(SAVED, "filter", chains["filter"]) == [
+        ["-D", "INPUT", "-j", "MODELFLEET-INPUT"], ["-D", "INPUT", "-j", "KUBE-FIREWALL"]]
+    assert hostnet.jumps_into(SAVED, "nat", chains["nat"]) == [
+        ["-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]]
+
+
+def test_kubelet_config_fits_this_machine_and_never_uses_its_resolver(tmp_path: Path) -> None:
+    config = realnode.kubelet_config(tmp_path, tmp_path / "resolv.conf", 10248)
+    assert config["oomScoreAdj"] == 0 and config["cgroupDriver"] == "cgroupfs" and config["failCgroupV1"] is False
+    assert config["clusterDNS"] == [hostnet.CLUSTER_DNS] and config["resolvConf"] == str(tmp_path / "resolv.conf")
+    assert config["address"] == hostnet.GATEWAY and config["readOnlyPort"] == 0
+    assert config["authentication"]["anonymous"]["enabled"] is False and config["authorization"]["mode"] == "Webhook"
+    assert config["imageGCHighThresholdPercent"] == 100  # images cannot be pulled again
+    yaml.safe_dump(config)
+
+
+def test_containerd_and_cni_config(tmp_path: Path) -> None:
+    toml = realnode.containerd_config("localhost/modelfleet-pause:abc", tmp_path / "cni")
+    assert 'sandbox_image = "localhost/modelfleet-pause:abc"' in toml and "restrict_oom_score_adj = true" in toml
+    assert f'address = "{realnode.CONTAINERD_SOCKET}"' in toml and "SystemdCgroup = false" in toml
+    cni = realnode.cni_config(tmp_path / "ipam")
+    bridge = cni["plugins"][0]
+    assert bridge["bridge"] == hostnet.BRIDGE and bridge["ipMasq"] is False
+    assert bridge["ipam"]["dataDir"] == str(tmp_path / "ipam")
+    json.dumps(cni)
+
+
+def test_cluster_dns_has_no_upstream(tmp_path: Path) -> None:
+    corefile = realnode.corefile(tmp_path / "kc", 1, 2)
+    assert f"bind {hostnet.GATEWAY}" in corefile and "kubernetes cluster.local" in corefile
+    assert "forward" not in corefile
+    service, slice_ = realnode.dns_objects()[:2]
+    assert service["spec"]["clusterIP"] == hostnet.CLUSTER_DNS and "selector" not in service["spec"]
+    assert slice_["endpoints"][0]["addresses"] == [hostnet.GATEWAY]
+
+
+def test_local_volumes_are_shared_and_pinned_to_the_real_node(tmp_path: Path) -> None:
+    storage_class, *volumes = realnode.storage_objects(tmp_path, 3)
+    assert storage_class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert len(volumes) == 3 and all("ReadWriteMany" in v["spec"]["accessModes"] for v in volumes)
+    terms = volumes[0]["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["values"] == [realnode.NODE_NAME]
+    assert volumes[2]["spec"]["hostPath"]["path"] == str(tmp_path / "02")
+
+
+def test_image_tags_follow_the_build_context(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    for name, text in {".dockerignore": "*\n!pyproject.toml\n!pkg/\n**/__pycache__/\n", "pyproject.toml": "a",
+                       "pkg/mod.py": "x = 1", "pkg/__pycache__/mod.pyc": "junk", "notes.txt": "outside",
+                       "images/runtime.Dockerfile": "FROM x", "images/operator.Dockerfile": "FROM y",
+                       "hack/go/pause/main.go": "package main"}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    assert [p.relative_to(root).as_posix() for p in build_context_files(root)] == ["pyproject.toml", "pkg/mod.py"]
+    builder = ImageBuilder(tmp_path / "store", root)
+    before = builder.refs()
+    assert before["runtime"].startswith("localhost/modelfleet:cpu-")
+    (root / "notes.txt").write_text("changed")            # outside the context: same tags
+    (root / "pkg/__pycache__/mod.pyc").write_text("other")
+    assert builder.refs() == before
+    (root / "pkg/mod.py").write_text("x = 2")              # the code: new tags for both Dockerfile images
+    after = builder.refs()
+    assert after["runtime"] != before["runtime"] and after["operator"] != before["operator"]
+    assert after["pause"] == before["pause"]

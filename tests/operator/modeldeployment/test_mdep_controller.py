@@ -16,7 +16,7 @@ from modelfleet_operator.modeldeployment.kube import Kube
 from modelfleet_operator.modeldeployment.render import RenderContext, render_children
 from modelfleet_operator.modeldeployment.resolve import ResolvedModel
 from modelfleet_operator.modeldeployment.spec import parse_spec
-from tests.helpers import restricted_pod, wait_for
+from tests.helpers import ON_FAKE_NODES, restricted_pod, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -31,6 +31,8 @@ def manifest(name: str, **spec: Any) -> dict[str, Any]:
     # An s3:// model needs no PersistentVolumeClaim (kwok "runs" the fetching init container); tests about the model
     # volume itself use pvc:// with the models_pvc fixture.
     spec.setdefault("model", {"uri": "s3://models/tiny", "digest": DIGEST_1})
+    for key, value in ON_FAKE_NODES.items():  # kwok fakes the runtime pods' states; tests/realnode run real ones
+        spec.setdefault(key, value)
     return {"apiVersion": "modelfleet.dev/v1alpha1", "kind": KIND, "metadata": {"name": name}, "spec": spec}
 
 

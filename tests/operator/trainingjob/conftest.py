@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from modelfleet.localcluster import LocalCluster
-from tests.helpers import wait_for
+from tests.helpers import ON_FAKE_NODES, wait_for
 
 CLAIM = "store"
 
@@ -29,6 +29,7 @@ def job_manifest(name: str, **spec: Any) -> dict[str, Any]:
         "output": {"uri": f"pvc://{CLAIM}/models/{name}"},
         "nodes": 2,
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "128Mi"}},
+        **ON_FAKE_NODES,  # these tests drive pod states through kwok; tests/realnode run real trainer pods
     }
     base.update(copy.deepcopy(spec))
     return {"apiVersion": "modelfleet.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": base}
