@@ -9,7 +9,6 @@ with 0644 files whatever the umask: the serving pod may run as another uid.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,20 +19,12 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from model_runtime.files import finish_tree, make_dirs, temp_path
+from model_runtime.files import finish_tree, make_dirs, sha256_file, temp_path
 from model_runtime.llama import LlamaForCausalLM
 from model_runtime.tokenizer import special_token_ids, tokenizer_config
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "modelfleet.json"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -23,6 +24,14 @@ from typing import IO
 DIR_MODE = 0o755
 FILE_MODE = 0o644
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def unique_suffix() -> str:
