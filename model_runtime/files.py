@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -77,9 +77,13 @@ def finish_tree(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_file(target: Path) -> Iterator[IO[bytes]]:
+def atomic_file(target: Path, keep_existing: Callable[[Path], bool] | None = None) -> Iterator[IO[bytes]]:
     """Write ``target`` through a unique temporary that replaces it only once complete and fsynced;
-    on any exception the temporary is removed and ``target`` is untouched."""
+    on any exception the temporary is removed and ``target`` is untouched.
+
+    ``keep_existing(tmp)`` true: the temporary is dropped and ``target`` stays as it is (another
+    writer's equal file, which readers may hold open: on NFS, replacing it under them breaks their reads).
+    """
     tmp = temp_path(target)
     try:
         with open(tmp, "xb") as f:
@@ -87,7 +91,10 @@ def atomic_file(target: Path) -> Iterator[IO[bytes]]:
             f.flush()
             os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if keep_existing is not None and keep_existing(tmp):
+            tmp.unlink()
+        else:
+            os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

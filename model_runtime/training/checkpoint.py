@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ class CheckpointStore:
         for pattern in _LEFTOVERS:
             for leftover in self.directory.glob(pattern):
                 shutil.rmtree(leftover, ignore_errors=True)
-        self._prune()
+        # A step directory is only ever renamed in complete, so an incomplete one is what a kill during an
+        # older trainer's in-place delete left. (Complete ones wait for _prune: they may be another run's.)
+        self._remove(path for _, path, complete in self._steps() if not complete)
 
     def _steps(self) -> list[tuple[int, Path, bool]]:
         """(step, path, complete) of every ``step-*`` directory, oldest first."""
@@ -102,18 +105,21 @@ class CheckpointStore:
         return state, json.loads((path / META_FILE).read_text())
 
     def _prune(self) -> None:
-        """Remove every ``step-*`` directory but the newest ``keep`` complete ones (incomplete ones are
-        what a kill during an older trainer's delete left)."""
+        """Remove every ``step-*`` directory but the newest ``keep`` complete ones."""
         kept = {path for _, path in self.complete()[-self.keep:]}
-        for _, path, _ in self._steps():
-            if path not in kept:
-                doomed = temp_path(path, "prune")
-                try:
-                    os.rename(path, doomed)
-                except OSError as error:  # pruning is housekeeping: never worth failing a run for
-                    log.warning("cannot remove old checkpoint %s: %s", path, error)
-                    continue
-                shutil.rmtree(doomed, ignore_errors=True)
+        self._remove(path for _, path, _ in self._steps() if path not in kept)
+
+    @staticmethod
+    def _remove(paths: Iterable[Path]) -> None:
+        """Rename each aside (atomic: it stops being a checkpoint at once), then delete it."""
+        for path in paths:
+            doomed = temp_path(path, "prune")
+            try:
+                os.rename(path, doomed)
+            except OSError as error:  # pruning is housekeeping: never worth failing a run for
+                log.warning("cannot remove old checkpoint %s: %s", path, error)
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -6,7 +6,8 @@ streams from disk. ``tokens-<key>.bin`` and then ``tokens-<key>.json`` (its leng
 written under unique temporary names and renamed into place, and a reader checks the one against the
 other, so a crash leaves no half file that a later run would trust. Builders on several nodes may
 share the cache directory (a ReadWriteMany volume): each builds its own temporary, and since the key
-fixes the content, whichever rename lands last replaces the file with identical bytes.
+fixes the content, one that finds the file already there at full length keeps that one (other nodes
+may be reading it) and drops its own.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def build_token_file(
     eos = np.asarray([eos_id], dtype=dtype).tobytes()
     try:
         make_dirs(cache_dir)
-        with atomic_file(data_path) as f:
+        with atomic_file(data_path, keep_existing=lambda tmp: _size(data_path) == tmp.stat().st_size) as f:
             count = content = 0
             for ids, ends in _encoded(pieces, tokenizer):
                 if ids:
@@ -85,6 +86,13 @@ def build_token_file(
     tokens = open_token_file(cache_dir, key)
     assert tokens is not None
     return tokens
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
 
 
 def _encoded(pieces: Iterable[tuple[str, bool]], tokenizer: Tokenizer) -> Iterator[tuple[list[int], bool]]:

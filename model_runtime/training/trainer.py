@@ -349,6 +349,8 @@ class Trainer:
         kept = []
         if path.is_file():
             for line in path.read_text().splitlines():
+                if not line:
+                    continue
                 try:
                     recorded = int(json.loads(line)["step"])
                 except (ValueError, KeyError, TypeError):

@@ -83,6 +83,24 @@ def test_two_builders_with_the_same_pid_on_one_shared_cache_both_succeed_with_an
     assert sorted(p.name for p in cache.iterdir()) == ["tokens-shared.bin", "tokens-shared.json"]  # no temporaries
 
 
+def test_a_later_builder_keeps_the_complete_file_others_may_be_reading_and_replaces_a_damaged_one(tmp_path):
+    tok = byte_tokenizer()
+    text = CORPUS.read_text()[:20_000]
+
+    def build():
+        return build_token_file(pieces(text), tok, tok.token_to_id(EOS_TOKEN), tmp_path, "k")
+
+    expected = build().tolist()
+    data = tmp_path / "tokens-k.bin"
+    inode = data.stat().st_ino
+    assert build().tolist() == expected
+    assert data.stat().st_ino == inode  # kept: on NFS, replacing it would break another node's memory map
+    data.write_bytes(data.read_bytes()[:-2])  # damaged: shorter than its metadata says
+    assert build().tolist() == expected
+    assert data.stat().st_ino != inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens-k.bin", "tokens-k.json"]
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """Mount tmpfs file systems of a given size under tmp_path (unmounted afterwards)."""
