@@ -1,6 +1,6 @@
 """``modelfleet train --config PATH``: validate, then train here (a worker) or launch this node's workers.
 
-Exit codes are in ``model_runtime.training.exitcodes`` (0, 1, 65, 70, 73, 78).
+Exit codes are in ``model_runtime.training.exitcodes`` (0, 1, 65, 70, 73, 78, 143).
 """
 
 from __future__ import annotations
