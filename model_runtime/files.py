@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,18 @@ def unique_suffix() -> str:
 def temp_path(target: Path, kind: str = "tmp") -> Path:
     """A fresh name beside ``target`` (same directory, so a rename is atomic): ``.<name>.<kind>-<unique>``."""
     return target.with_name(f".{target.name}.{kind}-{unique_suffix()}")
+
+
+def remove_stale_temporaries(directory: Path, older_than: float) -> None:
+    """Remove temporary files (``.*.tmp-*``) not modified for ``older_than`` seconds: what killed writers
+    left. On a shared volume a live writer on another node cannot be asked, so only age tells them apart."""
+    cutoff = time.time() - older_than
+    for path in directory.glob(".*.tmp-*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:  # another node removed it first
+            continue
 
 
 def make_dirs(directory: Path) -> None:

@@ -7,7 +7,8 @@ written under unique temporary names and renamed into place, and a reader checks
 other, so a crash leaves no half file that a later run would trust. Builders on several nodes may
 share the cache directory (a ReadWriteMany volume): each builds its own temporary, and since the key
 fixes the content, one that finds the file already there at full length keeps that one (other nodes
-may be reading it) and drops its own.
+may be reading it) and drops its own. Temporaries untouched for ``STALE_SECONDS`` are what killed
+builders left (a live one writes every batch) and are removed before a build.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from model_runtime.files import atomic_file, make_dirs, write_atomic
+from model_runtime.files import atomic_file, make_dirs, remove_stale_temporaries, write_atomic
 from model_runtime.training.exitcodes import DataError, OutputNotWritableError
 
 BATCH_CHARS = 4 << 20
+STALE_SECONDS = 15 * 60
 
 
 def tokenizer_digest(tokenizer: Tokenizer) -> str:
@@ -68,6 +70,7 @@ def build_token_file(
     eos = np.asarray([eos_id], dtype=dtype).tobytes()
     try:
         make_dirs(cache_dir)
+        remove_stale_temporaries(cache_dir, STALE_SECONDS)
         with atomic_file(data_path, keep_existing=lambda tmp: _size(data_path) == tmp.stat().st_size) as f:
             count = content = 0
             for ids, ends in _encoded(pieces, tokenizer):

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,16 @@ def test_a_later_builder_keeps_the_complete_file_others_may_be_reading_and_repla
     assert build().tolist() == expected
     assert data.stat().st_ino != inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens-k.bin", "tokens-k.json"]
+
+    # A builder killed long ago left a temporary; one on another node is writing its own right now.
+    dead, live = tmp_path / ".tokens-k.bin.tmp-node-a-1-dead", tmp_path / ".tokens-k.bin.tmp-node-b-1-live"
+    dead.write_bytes(b"half")
+    live.write_bytes(b"half")
+    hour_ago = time.time() - 3600
+    os.utime(dead, (hour_ago, hour_ago))
+    (tmp_path / "tokens-k.json").unlink()  # so that this process builds again
+    assert build().tolist() == expected
+    assert not dead.exists() and live.exists()
 
 
 @pytest.fixture
