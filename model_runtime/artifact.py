@@ -3,16 +3,15 @@
 Layout: config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
 generation_config.json and modelfleet.json (the manifest: weights digest and provenance).
 The directory is written under a temporary name beside the target and renamed into place, so a
-reader never sees half a model and a good model is only replaced by a complete one.
+reader never sees half a model and a good model is only replaced by a complete one. It is mode 0755
+with 0644 files whatever the umask: the serving pod may run as another uid.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,12 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
+from model_runtime.files import finish_tree, make_dirs, sha256_file, temp_path
 from model_runtime.llama import LlamaForCausalLM
 from model_runtime.tokenizer import special_token_ids, tokenizer_config
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "modelfleet.json"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -53,8 +45,9 @@ def save_model_dir(
     tokenizer) keeps the base model's tokenizer_config.json, generation_config.json and token ids.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    make_dirs(target.parent)
+    staging = temp_path(target, "partial")
+    staging.mkdir()
     try:
         ids = special_token_ids(tokenizer)
         foreign = ids["eos_token_id"] is None
@@ -80,7 +73,7 @@ def save_model_dir(
             })
         digest = sha256_file(staging / WEIGHTS_FILE)
         _write_json(staging / MANIFEST_FILE, {"digest": digest, **(manifest or {})})
-        _fsync_tree(staging)
+        finish_tree(staging)
         _replace_dir(staging, target)
         return digest
     except BaseException:
@@ -103,23 +96,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / MANIFEST_FILE).read_text())
 
 
-def _fsync_tree(directory: Path) -> None:
-    for file in directory.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_dir(staging: Path, target: Path) -> None:
     """Rename staging into target. An existing target is moved aside first and removed only after."""
     if not target.exists():
         os.rename(staging, target)
         return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    old = temp_path(target, "old")
     os.rename(target, old)
     os.rename(staging, target)
     shutil.rmtree(old, ignore_errors=True)

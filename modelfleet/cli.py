@@ -11,6 +11,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "images": ("modelfleet.images", "build the container images without Docker (buildah) and load them into the real node"),
     "demo": ("modelfleet.demo", "the whole lifecycle on the local cluster: train, then serve, then query"),
     "train": ("model_runtime.training.cli", "run the trainer (the program a TrainingJob's pods run)"),
+    "report-forward": ("model_runtime.training.report_forward",
+                       "run your own training program and forward its progress reports to the operator"),
     "serve": ("model_runtime.serving.cli", "run the inference server (the program a ModelDeployment's pods run)"),
     "operator": ("modelfleet_operator.main", "run the operator against the current kubeconfig"),
 }
@@ -18,7 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     lines = ["usage: modelfleet <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    width = max(map(len, SUBCOMMANDS))
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from model_runtime.files import make_dirs, write_atomic
 from model_runtime.llama import LlamaForCausalLM, load_pretrained
 from model_runtime.tokenizer import EOS_TOKEN, byte_tokenizer, train_bpe_tokenizer
 from model_runtime.training import distributed
 from model_runtime.training.config import TrainerConfig
-from model_runtime.training.exitcodes import ConfigError
+from model_runtime.training.exitcodes import ConfigError, OutputNotWritableError
 from model_runtime.training.sources import iter_pieces
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,11 @@ def build_tokenizer(config: TrainerConfig, files: list[Path], dataset_digest: st
             log.info("training a BPE tokenizer (vocabulary %d) on the data", spec.vocab_size)
             texts = (text for text, _ in iter_pieces(config.data, files) if text)
             serialized = train_bpe_tokenizer(texts, spec.vocab_size, spec.min_frequency).to_str()
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.tmp")
-            tmp.write_text(serialized)
-            tmp.replace(cached)
+            try:
+                make_dirs(cache_dir)
+                write_atomic(cached, serialized)
+            except OSError as error:
+                raise OutputNotWritableError(f"data.cacheDir: cannot write the tokenizer {cached}: {error}") from None
     serialized = distributed.broadcast_object(serialized)
     assert isinstance(serialized, str)
     return Tokenizer.from_str(serialized)

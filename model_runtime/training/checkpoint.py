@@ -1,29 +1,38 @@
 """Training checkpoints: ``step-00000100/`` directories in ``checkpoint.dir``.
 
-Each is written under a temporary name (``.step-00000100.tmp-<pid>``) and renamed into place, so a
-directory with a ``step-`` name is always complete; only the newest ``keep`` are kept. The state is
-loaded with ``weights_only=True``: a checkpoint volume cannot smuggle code into the trainer.
+Each is written under a unique temporary name (``.step-00000100.tmp-<host>-<pid>-<random>``) and
+renamed into place, so a directory with a ``step-`` name is always complete; only the newest ``keep``
+are kept. Pruning first renames a checkpoint to ``.step-*.prune-*`` and then deletes it, so a kill
+mid-delete never leaves a half ``step-`` directory; the next start finishes what a killed run left.
+A full disk exits 73 and keeps the checkpoints already written. The state is loaded with
+``weights_only=True``: a checkpoint volume cannot smuggle code into the trainer.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from model_runtime.files import finish_tree, fsync_path, os_error, temp_path
 from model_runtime.training.exitcodes import OutputNotWritableError
 from model_runtime.training.output import probe_writable
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 _NAME = re.compile(r"^step-(\d{8})$")
+_LEFTOVERS = (".step-*.tmp-*", ".step-*.prune-*")
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_name(step: int) -> str:
@@ -36,23 +45,32 @@ class CheckpointStore:
         self.keep = keep
 
     def prepare(self) -> None:
-        """Create the directory and remove temporaries left by a run that died mid-write."""
+        """Create the directory and finish what a run killed mid-write or mid-prune left behind."""
         try:
             probe_writable(self.directory, ".probe")
         except OSError as error:
             raise OutputNotWritableError(f"checkpoint.dir: cannot write to {self.directory}: {error}") from None
-        for leftover in self.directory.glob(".step-*.tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        for pattern in _LEFTOVERS:
+            for leftover in self.directory.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
+        # A step directory is only ever renamed in complete, so an incomplete one is what a kill during an
+        # older trainer's in-place delete left. (Complete ones wait for _prune: they may be another run's.)
+        self._remove(path for _, path, complete in self._steps() if not complete)
 
-    def complete(self) -> list[tuple[int, Path]]:
-        """(step, path) of every complete checkpoint, oldest first."""
+    def _steps(self) -> list[tuple[int, Path, bool]]:
+        """(step, path, complete) of every ``step-*`` directory, oldest first."""
         found = []
         if self.directory.is_dir():
             for path in self.directory.iterdir():
                 match = _NAME.match(path.name)
-                if match and (path / META_FILE).is_file() and (path / STATE_FILE).is_file():
-                    found.append((int(match.group(1)), path))
+                if match:
+                    complete = (path / META_FILE).is_file() and (path / STATE_FILE).is_file()
+                    found.append((int(match.group(1)), path, complete))
         return sorted(found)
+
+    def complete(self) -> list[tuple[int, Path]]:
+        """(step, path) of every complete checkpoint, oldest first."""
+        return [(step, path) for step, path, complete in self._steps() if complete]
 
     def latest(self) -> Path | None:
         checkpoints = self.complete()
@@ -60,20 +78,24 @@ class CheckpointStore:
 
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Path:
         final = self.directory / checkpoint_name(step)
-        tmp = self.directory / f".{final.name}.tmp-{os.getpid()}"
+        tmp = temp_path(final)
         try:
             tmp.mkdir()
-            torch.save(state, tmp / STATE_FILE)
+            with open(tmp / STATE_FILE, "wb") as f:  # a file object: a failed write surfaces its OSError
+                torch.save(state, f)
             (tmp / META_FILE).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
-            _fsync_dir(tmp)
+            finish_tree(tmp)
             if final.exists():  # written before a restart; the same step yields the same state
                 shutil.rmtree(tmp)
             else:
                 os.rename(tmp, final)
-                _fsync(self.directory)
-        except OSError as error:
+                fsync_path(self.directory)
+        except Exception as error:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise OutputNotWritableError(f"checkpoint.dir: cannot write checkpoint {final}: {error}") from None
+            cause = os_error(error)
+            if cause is None:
+                raise
+            raise OutputNotWritableError(f"checkpoint.dir: cannot write checkpoint {final}: {cause}") from None
         self._prune()
         return final
 
@@ -83,22 +105,21 @@ class CheckpointStore:
         return state, json.loads((path / META_FILE).read_text())
 
     def _prune(self) -> None:
-        for _, path in self.complete()[:-self.keep]:
-            shutil.rmtree(path, ignore_errors=True)
+        """Remove every ``step-*`` directory but the newest ``keep`` complete ones."""
+        kept = {path for _, path in self.complete()[-self.keep:]}
+        self._remove(path for _, path, _ in self._steps() if path not in kept)
 
-
-def _fsync_dir(directory: Path) -> None:
-    for file in directory.iterdir():
-        _fsync(file)
-    _fsync(directory)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    @staticmethod
+    def _remove(paths: Iterable[Path]) -> None:
+        """Rename each aside (atomic: it stops being a checkpoint at once), then delete it."""
+        for path in paths:
+            doomed = temp_path(path, "prune")
+            try:
+                os.rename(path, doomed)
+            except OSError as error:  # pruning is housekeeping: never worth failing a run for
+                log.warning("cannot remove old checkpoint %s: %s", path, error)
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
 def capture_rng_state() -> dict[str, Any]:

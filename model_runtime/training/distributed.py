@@ -5,7 +5,9 @@ Two roles:
   by our launcher, or by hand) or absent (a single process);
 - per-node launcher: torchrun's pod-level ``PET_*`` variables are set and ``LOCAL_RANK`` is not. The
   launcher waits for the master over TCP (node rank > 0), then starts ``PET_NPROC_PER_NODE`` workers
-  with torch's elastic launcher and returns the exit code of the worker that failed first.
+  with torch's elastic launcher and returns the exit code of the worker that failed first. On SIGTERM
+  it passes the signal on, waits for the workers to checkpoint and stop, and returns their exit code
+  (143), which each worker leaves in ``MODELFLEET_EXIT_STATUS_DIR`` (the agent keeps no record of it).
 """
 
 from __future__ import annotations
@@ -14,19 +16,23 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from model_runtime.training.exitcodes import ConfigError, TrainerError
+from model_runtime.training.exitcodes import FAILURE, PREEMPTED, SUCCESS, ConfigError, TrainerError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MASTER_WAIT_SECONDS = 600.0
+DEFAULT_STOP_TIMEOUT_SECONDS = 600.0
+EXIT_STATUS_DIR_ENV = "MODELFLEET_EXIT_STATUS_DIR"
 
 
 class MasterUnreachableError(TrainerError):
@@ -127,8 +133,14 @@ def wait_for_master(addr: str, port: int, timeout: float, interval: float = 1.0)
         time.sleep(interval)
 
 
-def launch(launcher: LauncherEnv, worker_argv: Sequence[str], run_id: str, master_wait: float) -> int:
-    """Run this node's workers under torch's elastic agent; the first failing worker's exit code, else 0."""
+def launch(launcher: LauncherEnv, worker_argv: Sequence[str], run_id: str, master_wait: float,
+           stop_timeout: float = DEFAULT_STOP_TIMEOUT_SECONDS) -> int:
+    """Run this node's workers under torch's elastic agent; the first failing worker's exit code, else 0.
+
+    On a signal (SIGTERM) the agent sends it to the workers and waits up to ``stop_timeout`` seconds
+    before it kills them; the result is then the code the workers exited with (see exit_code_after_signal).
+    """
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -145,13 +157,53 @@ def launch(launcher: LauncherEnv, worker_argv: Sequence[str], run_id: str, maste
         rdzv_configs={"rank": launcher.node_rank, "timeout": int(master_wait)},
         max_restarts=0,  # the operator restarts pods; a restart resumes from the last checkpoint
         monitor_interval=0.2,
+        shutdown_timeout=int(stop_timeout),
     )
-    try:
-        elastic_launch(config, sys.executable)(*worker_argv)
-    except ChildFailedError as error:
-        return root_cause_exit_code([f.exitcode for f in error.failures.values()],
-                                     [f.timestamp for f in error.failures.values()])
+    with tempfile.TemporaryDirectory(prefix="modelfleet-exit-") as status_dir:
+        os.environ[EXIT_STATUS_DIR_ENV] = status_dir  # the workers inherit it
+        try:
+            elastic_launch(config, sys.executable)(*worker_argv)
+        except ChildFailedError as error:
+            return root_cause_exit_code([f.exitcode for f in error.failures.values()],
+                                         [f.timestamp for f in error.failures.values()])
+        except SignalException as error:
+            codes = [_read_exit_code(Path(status_dir) / str(rank)) for rank in range(launcher.nproc_per_node)]
+            log.warning("got %s; the workers exited with %s", error.sigval.name, codes)
+            return exit_code_after_signal(codes)
+        finally:
+            del os.environ[EXIT_STATUS_DIR_ENV]
     return 0
+
+
+def record_exit_code(env: Mapping[str, str], code: int) -> None:
+    """In a worker of our launcher: leave this process's exit code where the launcher looks after a signal."""
+    directory = env.get(EXIT_STATUS_DIR_ENV)
+    if directory and "LOCAL_RANK" in env:
+        try:
+            (Path(directory) / env["LOCAL_RANK"]).write_text(str(code))
+        except OSError as error:
+            log.warning("cannot record the exit code in %s: %s", directory, error)
+
+
+def _read_exit_code(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def exit_code_after_signal(codes: list[int | None]) -> int:
+    """The launcher's exit code once a signal stopped its workers, from the codes they exited with (None:
+    a worker left none, it was killed). 143 only when every worker checkpointed and stopped; a worker's
+    own failure (say 70) wins; a worker killed before it could stop makes it a retryable failure."""
+    failed = [code for code in codes if code not in (None, SUCCESS, PREEMPTED)]
+    if failed:
+        return failed[0]
+    if None in codes:
+        log.error("local worker(s) %s did not stop by themselves (killed after MODELFLEET_STOP_TIMEOUT_SECONDS, "
+                  "or signalled before training started)", [rank for rank, code in enumerate(codes) if code is None])
+        return FAILURE
+    return PREEMPTED if PREEMPTED in codes else SUCCESS
 
 
 def root_cause_exit_code(codes: list[int], timestamps: list[int]) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from model_runtime.artifact import save_model_dir
+from model_runtime.files import make_dirs, os_error, unique_suffix
 from model_runtime.llama import LlamaForCausalLM
 from model_runtime.training.exitcodes import OutputNotWritableError
 
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 
 def probe_writable(directory: Path, probe_name: str) -> None:
     """Create `directory` and write, then remove, an empty file in it; OSError when either fails."""
-    directory.mkdir(parents=True, exist_ok=True)
-    probe = directory / f"{probe_name}-{os.getpid()}"
+    make_dirs(directory)
+    probe = directory / f"{probe_name}-{unique_suffix()}"
     probe.write_bytes(b"")
     probe.unlink()
 
@@ -51,8 +52,11 @@ def prepare_output(path: str | Path) -> None:
 
 def save_output(model: LlamaForCausalLM, tokenizer: Tokenizer, path: str | Path, manifest: dict[str, Any],
                 base_model_dir: str | Path | None = None) -> str:
-    """Write the model directory; an I/O failure leaves any previous output intact and exits 73."""
+    """Write the model directory; an I/O failure (a full disk) leaves any previous output intact and exits 73."""
     try:
         return save_model_dir(model, tokenizer, path, manifest=manifest, base_model_dir=base_model_dir)
-    except OSError as error:
-        raise OutputNotWritableError(f"output.path: cannot write the model to {path}: {error}") from None
+    except Exception as error:
+        cause = os_error(error)
+        if cause is None:
+            raise
+        raise OutputNotWritableError(f"output.path: cannot write the model to {path}: {cause}") from None

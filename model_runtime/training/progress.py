@@ -2,7 +2,8 @@
 
 The JSON is what the TrainingJob controller reads: ``{"step", "totalSteps", "loss", "valLoss",
 "learningRate", "tokensPerSecond", "etaSeconds", "phase", "checkpointStep", "updatedAt"}`` plus
-``"output": {"path", "digest"}`` once the model is saved.
+``"output": {"path", "digest"}`` once the model is saved, and ``"metrics"`` (names to numbers) when
+user code reports its own (see ``report.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Progress:
     eta_seconds: float | None = None
     checkpoint_step: int | None = None
     output: dict[str, str] | None = None
+    metrics: dict[str, float | None] | None = None
 
     def to_json(self) -> dict[str, Any]:
         report = {
@@ -52,6 +54,8 @@ class Progress:
         }
         if self.output is not None:
             report["output"] = self.output
+        if self.metrics:
+            report["metrics"] = {name: _finite(value) for name, value in self.metrics.items()}
         return report
 
 

@@ -2,24 +2,30 @@
 
 The file is a flat array of token ids (uint16 when the vocabulary fits, else uint32) with an EOS
 token after each document. Training reads windows from the memory map, so data larger than memory
-streams from disk. Files are written under a temporary name and renamed, so a crash mid-way leaves
-no half file that a later run would trust.
+streams from disk. ``tokens-<key>.bin`` and then ``tokens-<key>.json`` (its length and dtype) are
+written under unique temporary names and renamed into place, and a reader checks the one against the
+other, so a crash leaves no half file that a later run would trust. Builders on several nodes may
+share the cache directory (a ReadWriteMany volume): each builds its own temporary, and since the key
+fixes the content, one that finds the file already there at full length keeps that one (other nodes
+may be reading it) and drops its own. Temporaries untouched for ``STALE_SECONDS`` are what killed
+builders left (a live one writes every batch) and are removed before a build.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from model_runtime.files import atomic_file, make_dirs, remove_stale_temporaries, write_atomic
 from model_runtime.training.exitcodes import DataError, OutputNotWritableError
 
 BATCH_CHARS = 4 << 20
+STALE_SECONDS = 15 * 60
 
 
 def tokenizer_digest(tokenizer: Tokenizer) -> str:
@@ -35,17 +41,20 @@ def cache_key(dataset_digest: str, data_format: str, field: str, tokenizer_sha: 
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
+def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    return cache_dir / f"tokens-{key}.bin", cache_dir / f"tokens-{key}.json"
+
+
 def open_token_file(cache_dir: Path, key: str) -> np.memmap | None:
     """The cached tokens for ``key``, or None when absent or incomplete."""
-    meta_path, data_path = cache_dir / f"tokens-{key}.json", cache_dir / f"tokens-{key}.bin"
+    data_path, meta_path = _paths(cache_dir, key)
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
+        dtype = np.dtype(meta["dtype"])
+        complete = data_path.stat().st_size == meta["tokens"] * dtype.itemsize
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    dtype = np.dtype(meta["dtype"])
-    if not data_path.is_file() or data_path.stat().st_size != meta["tokens"] * dtype.itemsize:
-        return None
-    return np.memmap(data_path, dtype=dtype, mode="r")
+    return np.memmap(data_path, dtype=dtype, mode="r") if complete else None
 
 
 def build_token_file(
@@ -57,33 +66,36 @@ def build_token_file(
 ) -> np.memmap:
     """Tokenize ``pieces`` (text, ends_document) into the cache and return the memory map."""
     dtype = token_dtype(tokenizer.get_vocab_size())
+    data_path, meta_path = _paths(cache_dir, key)
+    eos = np.asarray([eos_id], dtype=dtype).tobytes()
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".tokens-{key}.bin.tmp-{os.getpid()}"
-        count = content = 0
-        with open(tmp, "wb") as f:
+        make_dirs(cache_dir)
+        remove_stale_temporaries(cache_dir, STALE_SECONDS)
+        with atomic_file(data_path, keep_existing=lambda tmp: _size(data_path) == tmp.stat().st_size) as f:
+            count = content = 0
             for ids, ends in _encoded(pieces, tokenizer):
                 if ids:
-                    np.asarray(ids, dtype=dtype).tofile(f)
+                    f.write(np.asarray(ids, dtype=dtype).tobytes())  # f.write: a full disk raises ENOSPC
                     count += len(ids)
                     content += len(ids)
                 if ends:
-                    np.asarray([eos_id], dtype=dtype).tofile(f)
+                    f.write(eos)
                     count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        if content == 0:
-            tmp.unlink()
-            raise DataError("data.path: the data holds no text (every document is empty)")
-        os.rename(tmp, cache_dir / f"tokens-{key}.bin")
-        meta_tmp = cache_dir / f".tokens-{key}.json.tmp-{os.getpid()}"
-        meta_tmp.write_text(json.dumps({"tokens": count, "dtype": dtype.name}))
-        os.rename(meta_tmp, cache_dir / f"tokens-{key}.json")
+            if content == 0:
+                raise DataError("data.path: the data holds no text (every document is empty)")
+        write_atomic(meta_path, json.dumps({"tokens": count, "dtype": dtype.name}))
     except OSError as error:
-        raise OutputNotWritableError(f"data.cacheDir: cannot write the token cache in {cache_dir}: {error}") from None
+        raise OutputNotWritableError(f"data.cacheDir: cannot write the token cache {data_path}: {error}") from None
     tokens = open_token_file(cache_dir, key)
     assert tokens is not None
     return tokens
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
 
 
 def _encoded(pieces: Iterable[tuple[str, bool]], tokenizer: Tokenizer) -> Iterator[tuple[list[int], bool]]:

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from model_runtime.files import write_atomic
 from model_runtime.training import distributed
 from model_runtime.training.batches import BatchPlan, shard
 from model_runtime.training.build import build_model
@@ -34,7 +35,7 @@ from model_runtime.training.checkpoint import CheckpointStore, capture_rng_state
 from model_runtime.training.config import TrainerConfig
 from model_runtime.training.dataset import prepare_data
 from model_runtime.training.distributed import WorkerEnv
-from model_runtime.training.exitcodes import ConfigError, NonFiniteLossError, PreemptedError
+from model_runtime.training.exitcodes import ConfigError, NonFiniteLossError, OutputNotWritableError, PreemptedError
 from model_runtime.training.metrics import TrainerMetrics, metrics_port
 from model_runtime.training.output import prepare_output, save_output
 from model_runtime.training.progress import Fanout, Progress, reporters_from_env
@@ -334,15 +335,33 @@ class Trainer:
         record = {"step": step, "loss": self.last_loss, "learningRate": lr, "tokensPerSecond": self.tokens_per_second}
         if evaluated:
             record["valLoss"] = self.last_val_loss
-        with open(self._history_path(), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self._history_path()
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise OutputNotWritableError(f"checkpoint.dir: cannot append to {path}: {error}") from None
 
     def _truncate_history(self, step: int) -> None:
-        """Drop records past the step we resume from (they will be recomputed)."""
+        """Keep the records up to the step we resume from (the rest will be recomputed), dropping a line
+        torn by a kill mid-write; rewritten atomically."""
         path = self._history_path()
+        kept = []
         if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+            for line in path.read_text().splitlines():
+                if not line:
+                    continue
+                try:
+                    recorded = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("%s: dropping a damaged line (a write was interrupted): %.80r", path, line)
+                    continue
+                if recorded <= step:
+                    kept.append(line + "\n")
+        try:
+            write_atomic(path, "".join(kept))
+        except OSError as error:
+            raise OutputNotWritableError(f"checkpoint.dir: cannot write {path}: {error}") from None
 
     def _finish(self) -> Progress | None:
         if not self.worker.is_main:

@@ -19,16 +19,13 @@ from model_runtime.training.distributed import (
     LauncherEnv,
     MasterUnreachableError,
     WorkerEnv,
+    exit_code_after_signal,
+    record_exit_code,
     root_cause_exit_code,
     wait_for_master,
 )
 from model_runtime.training.exitcodes import NONFINITE_LOSS, ConfigError
-from trainer_testlib import REPO, free_port, read_history, run_train, tiny_config, trainer_env, write_config
-
-
-def launcher_env(nproc: int) -> dict[str, str]:
-    return trainer_env(PET_NNODES="1", PET_NPROC_PER_NODE=str(nproc), PET_NODE_RANK="0",
-                       PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+from trainer_testlib import REPO, free_port, launcher_env, read_history, run_train, tiny_config, trainer_env, write_config
 
 
 def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(tmp_path):
@@ -138,3 +135,13 @@ def test_the_launcher_reports_the_root_cause_not_the_teardown():
     assert root_cause_exit_code([-15, 70], [100, 100]) == 70
     assert root_cause_exit_code([-15, 70], [99, 100]) == 143  # killed first: the signal is the cause
     assert root_cause_exit_code([1, 65], [101, 100]) == 65
+
+
+def test_after_a_signal_the_launcher_exits_143_only_when_every_worker_stopped_by_itself(tmp_path):
+    assert exit_code_after_signal([143, 143]) == 143  # every worker checkpointed and stopped
+    assert exit_code_after_signal([143, None]) == 1  # one was killed before it could: retryable failure
+    assert exit_code_after_signal([143, 70]) == 70  # a worker's own failure wins
+    assert exit_code_after_signal([0, 0]) == 0  # the run had finished
+    record_exit_code({"MODELFLEET_EXIT_STATUS_DIR": str(tmp_path), "LOCAL_RANK": "1"}, 143)
+    record_exit_code({"MODELFLEET_EXIT_STATUS_DIR": str(tmp_path)}, 1)  # not a worker: nothing recorded
+    assert [p.name for p in tmp_path.iterdir()] == ["1"] and (tmp_path / "1").read_text() == "143"

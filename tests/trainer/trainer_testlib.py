@@ -63,6 +63,12 @@ def trainer_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def launcher_env(nproc: int) -> dict[str, str]:
+    """`modelfleet train` as the launcher of `nproc` local workers (one node)."""
+    return trainer_env(PET_NNODES="1", PET_NPROC_PER_NODE=str(nproc), PET_NODE_RANK="0",
+                       PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+
+
 def train_command(config_path: Path) -> list[str]:
     return [sys.executable, "-m", "modelfleet.cli", "train", "--config", str(config_path)]
 
