@@ -55,12 +55,12 @@ def test_every_rule_message_names_its_field(kind: str) -> None:
 
 
 def test_the_preset_table_in_the_rules_is_the_trainers() -> None:
-    embedded = [rule for rule in rules("trainingjob") if "presets" in rule]
+    embedded = [rule for rule in rules("trainingjob") if "self.preset]" in rule or "self.model.preset]" in rule]
     assert len(embedded) == 3  # sequenceLength, hiddenSize/heads, kvHeads
     for rule in embedded:
-        table = re.search(r"cel\.bind\(presets, (\{(?:[^{}]|\{[^{}]*\})*\})", " ".join(rule.split())).group(1)
-        assert table == presets.cel_table()
-        parsed = ast.literal_eval(table)
+        tables = re.findall(r"\{'[a-z]+': \{[^{}]*\}(?:, '[a-z]+': \{[^{}]*\})*\}", " ".join(rule.split()))
+        assert tables == [presets.cel_table()]
+        parsed = ast.literal_eval(tables[0])
         assert parsed == {name: {presets.FIELDS[k]: v for k, v in sizes.items()} for name, sizes in PRESETS.items()}
     preset_enum = schema("trainingjob")["properties"]["spec"]["properties"]["model"]["properties"]["preset"]["enum"]
     assert preset_enum == list(PRESETS)
