@@ -228,13 +228,12 @@ async def _create_children(kube: Kube, job: dict[str, Any], plan: Plan, logger: 
     made, failure = await _create_all(kube, supporting, logger)
     if failure:
         return failure
-    for child, new in zip(supporting, made):
-        if not new:  # it existed already: use it only if it is this job's
-            found = await kube.read(child["kind"], meta["namespace"], child["metadata"]["name"])
-            problem = ownership.conflict(found, KIND, meta["name"], meta["uid"])
-            if problem:
-                logger.warning("cannot use an existing child: %s", problem.message)
-                return CreateFailure(problem.message, invalid=not problem.transient)
+    existing = [child for child, new in zip(supporting, made) if not new]  # use them only if they are this job's
+    found = await asyncio.gather(*(kube.read(c["kind"], meta["namespace"], c["metadata"]["name"]) for c in existing))
+    for problem in (ownership.conflict(obj, KIND, meta["name"], meta["uid"]) for obj in found):
+        if problem:
+            logger.warning("cannot use an existing child: %s", problem.message)
+            return CreateFailure(problem.message, invalid=not problem.transient)
     pods = [render.pod(spec, job, rank, attempt, state.config.trainer_image, state.config.image_pull_policy)
             for rank in plan.create_pods]
     created, failure = await _create_all(kube, pods, logger)

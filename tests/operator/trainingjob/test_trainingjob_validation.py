@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -12,6 +13,7 @@ from tests.operator.trainingjob.conftest import Jobs, job_manifest
 pytestmark = pytest.mark.cluster
 
 Change = Callable[[dict[str, Any]], Any]
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def _set(path: str, value: Any) -> Change:
@@ -186,6 +188,12 @@ VALID_EDGES: list[tuple[str, Change]] = [
                      {"name": "ZONE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['topology.kubernetes.io/zone']"}}},
                      {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}]))),
 ]
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("trainingjob-*.yaml")), ids=lambda path: path.stem)
+def test_examples_are_accepted(jobs: Jobs, example: Path) -> None:
+    result = jobs.kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("change", [pytest.param(c, id=i) for i, c in VALID_EDGES])
