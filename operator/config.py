@@ -6,6 +6,15 @@ import os
 from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/modelfleet/modelfleet:0.1.0"
+ALLOW_HOST_PATHS_ENV = "MODELFLEET_ALLOW_HOST_PATHS"
+
+
+def env_flag(env: dict[str, str], name: str) -> bool:
+    """A boolean setting: "true" or "false" (any case; unset is false). Anything else is a startup error."""
+    value = env.get(name, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{name}: must be true or false, got {env[name]!r}")
+    return value == "true"
 
 
 @dataclass(frozen=True)
@@ -15,6 +24,8 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     metrics_port: int = 8080
     health_port: int = 8081
+    # hostPath volumes (file:// URIs) give pods the node's filesystem: off unless the administrator opts in.
+    allow_host_paths: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
@@ -25,4 +36,5 @@ class OperatorConfig:
             image_pull_policy=env.get("MODELFLEET_IMAGE_PULL_POLICY", "IfNotPresent"),
             metrics_port=int(env.get("MODELFLEET_METRICS_PORT", "8080")),
             health_port=int(env.get("MODELFLEET_HEALTH_PORT", "8081")),
+            allow_host_paths=env_flag(env, ALLOW_HOST_PATHS_ENV),
         )

@@ -15,7 +15,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from modelfleet_operator import API_VERSION, labels
+from modelfleet_operator import API_VERSION, labels, ownership, policy
+from modelfleet_operator.apierrors import UNPROCESSABLE, refusal_message
 from modelfleet_operator.conditions import now_iso
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.modeldeployment import capacity
@@ -46,13 +47,19 @@ class Settings:
     image: str
     image_pull_policy: str
     prometheus_url: str
+    allow_host_paths: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         config = OperatorConfig.from_env(env)
         return cls(config.runtime_image, config.image_pull_policy,
-                   env.get("MODELFLEET_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL))
+                   env.get("MODELFLEET_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL), config.allow_host_paths)
+
+
+class ChildRefused(Exception):
+    """A child cannot be applied because of the spec: the API server refused it (422), or its name is taken by
+    an object this ModelDeployment does not own. The message names the field."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,8 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Out
     old = obj.get("status") or {}
     try:
         spec = parse_spec(obj.get("spec") or {})
-    except SpecError as error:
+        policy.check_env(spec.env)
+    except (SpecError, policy.PolicyError) as error:
         return _finish(kube, obj, mdstatus.Observation(name, namespace, generation, spec_error=str(error)), old)
 
     trainingjob = kube.get("TrainingJob", namespace, spec.model.training_job) if spec.model.training_job else None
@@ -92,13 +100,20 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Out
     obs = mdstatus.Observation(name, namespace, generation, spec.desired_replicas, served_name(spec, name),
                                resolution=resolution, serving=serving)
     if serving is not None:
+        try:
+            policy.check_host_paths(_host_path_fields(spec, serving), settings.allow_host_paths)
+        except policy.PolicyError as error:
+            return _finish(kube, obj, replace(obs, spec_error=str(error)), old)
         strategy = _strategy(kube, spec)
         keda = kube.crd_established(KEDA_CRD)
         pod_monitor = kube.crd_established(PODMONITOR_CRD)
         ctx = RenderContext(name, namespace, meta["uid"], serving, strategy, spec.image or settings.image,
                             spec.image_pull_policy or settings.image_pull_policy, keda, pod_monitor,
                             settings.prometheus_url)
-        applied = {child["kind"]: kube.apply(child) for child in render_children(spec, ctx)}
+        try:
+            applied = {child["kind"]: _apply_owned(kube, child, meta) for child in render_children(spec, ctx)}
+        except ChildRefused as error:
+            return _finish(kube, obj, replace(obs, spec_error=str(error)), old)
         served = {"ScaledObject": keda, "PodMonitor": pod_monitor}
         for kind in OPTIONAL_KINDS:
             if kind not in applied and served.get(kind, True):
@@ -107,6 +122,32 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Out
         obs = replace(obs, strategy=strategy, deployment=applied["Deployment"],
                       failures=_with_logs(kube, namespace, mdstatus.pod_failures(pods), old))
     return _finish(kube, obj, obs, old)
+
+
+def _host_path_fields(spec: DeploymentSpec, serving: ResolvedModel) -> list[str]:
+    """The field behind a file:// model (a hostPath volume), if the model is one."""
+    if not serving.uri.startswith("file://"):
+        return []
+    return [f"spec.model.trainingJobRef (TrainingJob {spec.model.training_job} wrote {serving.uri})"
+            if spec.model.training_job else "spec.model.uri"]
+
+
+def _apply_owned(kube: Kube, child: dict[str, Any], owner_meta: dict[str, Any]) -> dict[str, Any]:
+    """Server-side-apply a child, unless an object of its name exists that this ModelDeployment does not control
+    (a forced apply would take it over). Raises ChildRefused when the spec is at fault."""
+    meta = child["metadata"]
+    problem = ownership.conflict(kube.get(child["kind"], meta["namespace"], meta["name"]), KIND,
+                                 owner_meta["name"], owner_meta["uid"])
+    if problem and problem.transient:
+        raise RuntimeError(problem.message)  # retried with backoff by the work queue
+    if problem:
+        raise ChildRefused(problem.message)
+    try:
+        return kube.apply(child)
+    except ApiException as error:
+        if error.status == UNPROCESSABLE:
+            raise ChildRefused(refusal_message(child["kind"], meta["name"], error.body, str(error.reason))) from None
+        raise
 
 
 def _finish(kube: Kube, obj: dict[str, Any], obs: mdstatus.Observation, old: dict[str, Any]) -> Outcome:

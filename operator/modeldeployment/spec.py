@@ -230,12 +230,18 @@ def _autoscaling(scaling: dict[str, Any]) -> Autoscaling:
     return result
 
 
+def is_extended_resource(name: str) -> bool:
+    """An extended resource (nvidia.com/gpu, ...): whole numbers only, and the API wants equal requests and limits."""
+    return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
+
+
 def _resources(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Copy of resources in which a GPU count given in requests or limits appears in both (the API requires it)."""
+    """Copy of resources in which an extended resource (a GPU count) given in requests or limits appears in both
+    (the API requires it)."""
     result = {section: dict(resources.get(section) or {}) for section in ("requests", "limits")}
-    gpus = result["requests"].get(GPU, result["limits"].get(GPU))
-    if gpus is not None:
-        result["requests"][GPU] = result["limits"][GPU] = gpus
+    for name in {*result["requests"], *result["limits"]}:
+        if is_extended_resource(name):
+            result["requests"][name] = result["limits"][name] = result["requests"].get(name, result["limits"].get(name))
     return {section: values for section, values in result.items() if values}
 
 

@@ -267,8 +267,10 @@ def events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Event]:
     for failure in new.get("failures") or []:
         if _failure_key(failure) not in seen:
             result.append(Event("Warning", failure["reason"], f"pod {failure['pod']}: {failure['message']}"))
-    if new.get("phase") == "Invalid" and old.get("phase") != "Invalid":
-        result.append(Event("Warning", "InvalidSpec", get_condition(new_conditions, "Ready")["message"]))
+    if new.get("phase") == "Invalid":  # once, and again whenever the reason given changes
+        message = get_condition(new_conditions, "Ready")["message"]
+        if old.get("phase") != "Invalid" or message != (get_condition(old_conditions, "Ready") or {}).get("message"):
+            result.append(Event("Warning", "InvalidSpec", message))
     return result
 
 

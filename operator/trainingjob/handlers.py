@@ -22,18 +22,21 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from modelfleet_operator import GROUP, VERSION, metrics
+from modelfleet_operator import GROUP, VERSION, metrics, ownership
+from modelfleet_operator.apierrors import UNPROCESSABLE, refusal_message
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.labels import MANAGED_BY, MANAGER, TRAININGJOB, selector
 from modelfleet_operator.trainingjob import render
 from modelfleet_operator.trainingjob.kube import Conflict, Kube, api_error_message
 from modelfleet_operator.trainingjob.progress import parse_report
 from modelfleet_operator.trainingjob.spec import SpecError, parse_spec
-from modelfleet_operator.trainingjob.status import Plan, creation_failed, decide
+from modelfleet_operator.trainingjob.status import CreateFailure, Plan, creation_failed, decide
 
 KIND = "TrainingJob"
 RESYNC_SECONDS = 300.0  # a safety net only: watch events wake the loop
 MAX_BACKOFF_SECONDS = 60.0
+RETRY_CREATE_SECONDS = 10.0
+RETRY_INVALID_SECONDS = 60.0  # a refused spec needs an edit (which wakes the loop at once); retry rarely
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
 Key = tuple[str, str]
@@ -161,7 +164,7 @@ async def reconcile(namespace: str, name: str, logger: logging.Logger) -> float 
         return None
     pods = await kube.list_pods(namespace, selector({TRAININGJOB: name, MANAGED_BY: MANAGER}))
     now = dt.datetime.now(dt.timezone.utc)
-    plan = decide(job, pods, now)
+    plan = decide(job, pods, now, allow_host_paths=state.config.allow_host_paths)
     await _attach_logs(kube, namespace, plan)
 
     # Status first: a restart or a finish is recorded before any pod is deleted, so a crash in between
@@ -175,8 +178,8 @@ async def reconcile(namespace: str, name: str, logger: logging.Logger) -> float 
         if failure:
             job = await _patch_status(kube, job, creation_failed(job.get("status") or {}, failure,
                                                                  job["metadata"].get("generation"), now))
-            kopf.warn(job, reason="FailedCreate", message=failure)
-            plan.requeue(10.0)
+            kopf.warn(job, reason=failure.reason, message=failure.message)
+            plan.requeue(RETRY_INVALID_SECONDS if failure.invalid else RETRY_CREATE_SECONDS)
     for event in plan.events:
         kopf.event(job, type=event.type, reason=event.reason, message=event.message)
     _record_phase((namespace, name), (job.get("status") or {}).get("phase"))
@@ -210,23 +213,47 @@ async def _patch_status(kube: Kube, job: dict[str, Any], status: dict[str, Any])
     return updated
 
 
-async def _create_children(kube: Kube, job: dict[str, Any], plan: Plan, logger: logging.Logger) -> str | None:
-    """Create the supporting objects, then the missing pods; the API server's message if it refuses one."""
+async def _create_children(kube: Kube, job: dict[str, Any], plan: Plan, logger: logging.Logger) -> CreateFailure | None:
+    """Create the supporting objects, then the missing pods. Says why not when the API server refuses one, or
+    when an object of a child's name exists that this job does not own (its pods would otherwise run as someone
+    else's ServiceAccount, or read someone else's configuration)."""
     meta = job["metadata"]
     try:
         spec = parse_spec(meta["name"], meta["namespace"], job.get("spec") or {})
     except SpecError as error:  # decide() already failed the job for this; nothing to create
-        return str(error)
+        return CreateFailure(str(error), invalid=True)
     attempt = (job.get("status") or {}).get("restartCount", 0)
-    try:
-        # Pods need the ServiceAccount to exist (admission rejects them otherwise), so they come second.
-        await asyncio.gather(*(kube.create(obj) for obj in render.supporting_objects(spec, job)))
-        pods = [render.pod(spec, job, rank, attempt, state.config.trainer_image, state.config.image_pull_policy)
-                for rank in plan.create_pods]
-        created = await asyncio.gather(*(kube.create(pod) for pod in pods))
-    except ApiException as error:
-        message = api_error_message(error)
-        logger.warning("cannot create the job's children: %s", message)
-        return message
+    # Pods need the ServiceAccount to exist (admission rejects them otherwise), so they come second.
+    supporting = render.supporting_objects(spec, job)
+    made, failure = await _create_all(kube, supporting, logger)
+    if failure:
+        return failure
+    existing = [child for child, new in zip(supporting, made) if not new]  # use them only if they are this job's
+    found = await asyncio.gather(*(kube.read(c["kind"], meta["namespace"], c["metadata"]["name"]) for c in existing))
+    for problem in (ownership.conflict(obj, KIND, meta["name"], meta["uid"]) for obj in found):
+        if problem:
+            logger.warning("cannot use an existing child: %s", problem.message)
+            return CreateFailure(problem.message, invalid=not problem.transient)
+    pods = [render.pod(spec, job, rank, attempt, state.config.trainer_image, state.config.image_pull_policy)
+            for rank in plan.create_pods]
+    created, failure = await _create_all(kube, pods, logger)
     metrics.PODS_CREATED.labels(KIND).inc(sum(created))
-    return None
+    return failure
+
+
+async def _create_all(kube: Kube, objects: list[dict[str, Any]],
+                      logger: logging.Logger) -> tuple[list[bool], CreateFailure | None]:
+    """Create concurrently: which ones are new, and the first refusal (422: the spec is at fault) or error."""
+    results = await asyncio.gather(*(kube.create(obj) for obj in objects), return_exceptions=True)
+    failure = None
+    for obj, result in zip(objects, results):
+        if isinstance(result, ApiException) and failure is None:
+            if result.status == UNPROCESSABLE:
+                failure = CreateFailure(refusal_message(obj["kind"], obj["metadata"]["name"], result.body,
+                                                        api_error_message(result)), invalid=True)
+            else:
+                failure = CreateFailure(api_error_message(result), invalid=False)
+            logger.warning("cannot create the job's children: %s", failure.message)
+        elif isinstance(result, BaseException) and not isinstance(result, ApiException):
+            raise result
+    return [result is True for result in results], failure

@@ -109,6 +109,22 @@ class Kube:
                 return False
             raise
 
+    async def read(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A child as stored, or None when there is none."""
+        readers = {
+            "Service": self.core.read_namespaced_service,
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+            "Role": self.rbac.read_namespaced_role,
+            "RoleBinding": self.rbac.read_namespaced_role_binding,
+        }
+        try:
+            return await self._call(readers[kind], name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def delete_pod(self, namespace: str, name: str) -> None:
         await self._ignore(404, self.core.delete_namespaced_pod, name, namespace, _preload_content=False)
 

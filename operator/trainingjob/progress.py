@@ -45,6 +45,8 @@ def parse_report(text: str | None) -> dict[str, Any] | None:
             result[key] = value[:_MAX_TEXT]
     if "step" in result and "totalSteps" in result:
         result["stepOfTotal"] = f"{result['step']}/{result['totalSteps']}"
+    if "loss" in result:  # kubectl's printer columns cannot format numbers
+        result["lossDisplay"] = f"{result['loss']:.3f}"
     digest = output_digest(raw)
     if digest:
         result["outputDigest"] = digest

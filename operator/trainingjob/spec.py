@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from modelfleet_operator import policy
+
 GPU_RESOURCE = "nvidia.com/gpu"
 MASTER_PORT = 29500
 
@@ -185,3 +187,17 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any]) -> JobSpec:
             clean_pod_policy=clean,
         ),
     )
+
+
+def host_path_fields(spec: JobSpec) -> list[str]:
+    """The fields whose file:// URIs become hostPath volumes."""
+    locations = {"spec.data.uri": spec.data, "spec.output.uri": spec.output, "spec.checkpoint.uri": spec.checkpoint,
+                 "spec.baseModel.uri": spec.base_model}
+    return [where for where, loc in locations.items() if loc is not None and loc.scheme == "file"]
+
+
+def check_policy(spec: JobSpec, allow_host_paths: bool) -> None:
+    """What the pods may be given (docs/security.md); raises policy.PolicyError naming the field."""
+    policy.check_host_paths(host_path_fields(spec), allow_host_paths)
+    policy.check_volumes(spec.volumes)
+    policy.check_env(spec.env)

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from model_runtime.training import exitcodes
-from modelfleet_operator import labels
+from modelfleet_operator import labels, policy
 from modelfleet_operator.conditions import set_condition
 from modelfleet_operator.trainingjob.progress import final_digest
 from modelfleet_operator.trainingjob.render import ATTEMPT_ANNOTATION, CONTAINER, Names
-from modelfleet_operator.trainingjob.spec import JobSpec, SpecError, parse_spec
+from modelfleet_operator.trainingjob.spec import JobSpec, SpecError, check_policy, parse_spec
 
 PENDING, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED = (
     "Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
@@ -148,8 +148,10 @@ def describe(pod: PodState) -> str:
 class _Decider:
     """One reconcile's decision; a class only to share the working status between small steps."""
 
-    def __init__(self, job: Mapping[str, Any], pods: list[Mapping[str, Any]], now: dt.datetime) -> None:
+    def __init__(self, job: Mapping[str, Any], pods: list[Mapping[str, Any]], now: dt.datetime,
+                 allow_host_paths: bool) -> None:
         self.job = job
+        self.allow_host_paths = allow_host_paths
         self.meta = job["metadata"]
         self.now = now
         self.generation = self.meta.get("generation")
@@ -213,7 +215,8 @@ class _Decider:
             return self.plan
         try:
             spec = parse_spec(self.meta["name"], self.meta.get("namespace", ""), self.job.get("spec") or {})
-        except SpecError as error:
+            check_policy(spec, self.allow_host_paths)
+        except (SpecError, policy.PolicyError) as error:
             self.finish(None, FAILED, "InvalidSpec", str(error))
             return self.plan
 
@@ -364,13 +367,33 @@ class _Decider:
                 self.plan.requeue(left)
 
 
-def decide(job: Mapping[str, Any], pods: list[Mapping[str, Any]], now: dt.datetime) -> Plan:
+def decide(job: Mapping[str, Any], pods: list[Mapping[str, Any]], now: dt.datetime,
+           allow_host_paths: bool = False) -> Plan:
     """The next status and actions for `job` given its pods (all pods labelled with its name)."""
-    return _Decider(job, pods, now).decide()
+    return _Decider(job, pods, now, allow_host_paths).decide()
 
 
-def creation_failed(status: dict[str, Any], message: str, generation: int | None, now: dt.datetime) -> dict[str, Any]:
-    """The status after the API server refused to create a child (quota, Pod Security, a missing PVC...)."""
+@dataclass(frozen=True)
+class CreateFailure:
+    """Why the children could not be created. `invalid`: the spec is at fault (the API server answered 422, or a
+    child's name is taken), so retrying without an edit cannot help; otherwise (quota, Pod Security) it may."""
+
+    message: str
+    invalid: bool
+
+    @property
+    def reason(self) -> str:
+        return "InvalidSpec" if self.invalid else "FailedCreate"
+
+
+def creation_failed(status: dict[str, Any], failure: CreateFailure, generation: int | None,
+                    now: dt.datetime) -> dict[str, Any]:
+    """The status after a child could not be created: Created=False, and for an invalid spec Running=False, both
+    with the reason and the message naming the field."""
     status = dict(status)
-    status["conditions"] = set_condition(status.get("conditions"), "Created", False, "FailedCreate", message, generation, iso(now))
+    conditions = set_condition(status.get("conditions"), "Created", False, failure.reason, failure.message,
+                               generation, iso(now))
+    if failure.invalid:
+        conditions = set_condition(conditions, "Running", False, failure.reason, failure.message, generation, iso(now))
+    status["conditions"] = conditions
     return status

@@ -15,9 +15,10 @@ NEEDED_IN_NAMESPACE: list[tuple[str, str, str]] = [
     *((verb, "services", "") for verb in ("get", "create", "patch", "delete")),
     # get/patch/update: what each job's progress Role grants (RBAC's escalation rule).
     *((verb, "configmaps", "") for verb in ("get", "list", "watch", "create", "patch", "update")),
-    ("create", "serviceaccounts", ""),
-    ("create", "roles", "rbac.authorization.k8s.io"),
-    ("create", "rolebindings", "rbac.authorization.k8s.io"),
+    # get: an existing child of a job's name is used only if the job owns it (operator/ownership.py).
+    *((verb, "serviceaccounts", "") for verb in ("get", "create")),
+    *((verb, "roles", "rbac.authorization.k8s.io") for verb in ("get", "create")),
+    *((verb, "rolebindings", "rbac.authorization.k8s.io") for verb in ("get", "create")),
     ("create", "events", ""),
     ("create", "events", "events.k8s.io"),
     *((verb, "deployments", "apps") for verb in ("get", "list", "watch", "create", "patch", "delete")),

@@ -54,7 +54,7 @@ def test_operator_deployment(helm: Helm) -> None:
     assert env_of(deployment) == {
         "MODELFLEET_TRAINER_IMAGE": WORKLOAD_IMAGE, "MODELFLEET_RUNTIME_IMAGE": WORKLOAD_IMAGE,
         "MODELFLEET_IMAGE_PULL_POLICY": "IfNotPresent", "MODELFLEET_METRICS_PORT": "8080", "MODELFLEET_HEALTH_PORT": "8081",
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+        "MODELFLEET_ALLOW_HOST_PATHS": "false", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http-metrics": 8080, "health": 8081}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -76,7 +76,7 @@ def test_image_options(helm: Helm) -> None:
         "image": {"repository": "registry.example/mf", "tag": "1.2.3", "pullPolicy": "Always"},
         "workloadImages": {"repository": "registry.example/mf-workload", "tag": "1.2.3-cuda",
                            "trainer": "registry.example/trainer:custom", "pullPolicy": "Always"},
-        "operator": {"metricsPort": 9090, "healthPort": 9091, "verbose": True,
+        "operator": {"metricsPort": 9090, "healthPort": 9091, "verbose": True, "allowHostPaths": True,
                      "prometheusUrl": "http://prom.monitoring:9090", "extraEnv": [{"name": "EXTRA", "value": "x"}]},
     }), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -87,6 +87,7 @@ def test_image_options(helm: Helm) -> None:
     assert env["MODELFLEET_RUNTIME_IMAGE"] == "registry.example/mf-workload:1.2.3-cuda"
     assert env["MODELFLEET_IMAGE_PULL_POLICY"] == "Always"
     assert (env["MODELFLEET_METRICS_PORT"], env["MODELFLEET_HEALTH_PORT"]) == ("9090", "9091")
+    assert env["MODELFLEET_ALLOW_HOST_PATHS"] == "true"
     assert env["MODELFLEET_PROMETHEUS_URL"] == "http://prom.monitoring:9090" and env["EXTRA"] == "x"
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http-metrics": 9090, "health": 9091}
     pinned = one(helm.template({"image": {"digest": digest}}), "Deployment")

@@ -31,9 +31,10 @@ def crds(cluster: LocalCluster) -> list[str]:
 class OperatorProcess:
     """`modelfleet operator` against the test cluster, as a subprocess that tests may kill and restart."""
 
-    def __init__(self, cluster: LocalCluster, log_path: Path) -> None:
+    def __init__(self, cluster: LocalCluster, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.cluster = cluster
         self.log_path = log_path
+        self.extra_env = dict(env or {})
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -52,6 +53,7 @@ class OperatorProcess:
         runtime_image = getattr(self.cluster, "images", {}).get("runtime")
         if runtime_image:  # the image built from images/runtime.Dockerfile, loaded into the real node
             env |= {"MODELFLEET_TRAINER_IMAGE": runtime_image, "MODELFLEET_RUNTIME_IMAGE": runtime_image}
+        env |= self.extra_env
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator"], env=env,
                                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -85,9 +87,10 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: LocalCluster, crds: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+def run_operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory,
+                 allow_host_paths: bool) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log",
+                           {"MODELFLEET_ALLOW_HOST_PATHS": str(allow_host_paths).lower()})
     proc.start()
     try:
         yield proc
@@ -95,3 +98,16 @@ def operator(cluster: LocalCluster, crds: list[str], tmp_path_factory: pytest.Te
         proc.stop()
         if os.environ.get("MODELFLEET_SHOW_OPERATOR_LOG"):
             print(proc.log()[-20000:])
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, crds: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """Configured like on a local cluster: host paths (file:// URIs) allowed."""
+    yield from run_operator(cluster, tmp_path_factory, allow_host_paths=True)
+
+
+@pytest.fixture(scope="module")
+def strict_operator(cluster: LocalCluster, crds: list[str],
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """Configured like the Helm chart's default: host paths refused."""
+    yield from run_operator(cluster, tmp_path_factory, allow_host_paths=False)

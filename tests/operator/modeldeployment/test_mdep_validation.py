@@ -79,11 +79,45 @@ INVALID = [
     ("gpu requests differ from limits",
      with_spec(resources={"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}),
      "spec.resources.limits"),
-    ("bad quantity", with_spec(resources={"limits": {"memory": "lots"}}), "spec.resources.limits.memory"),
+    ("bad quantity", with_spec(resources={"limits": {"memory": "lots"}}), "spec.resources.limits[memory]"),
     ("pull policy", with_spec(imagePullPolicy="Sometimes"), "spec.imagePullPolicy"),
     ("short startup timeout", with_spec(probes={"startupTimeoutSeconds": 5}), "spec.probes.startupTimeoutSeconds"),
     ("toleration operator", with_spec(tolerations=[{"key": "a", "operator": "Maybe"}]), "spec.tolerations[0].operator"),
     ("unknown field", with_spec(replica=2), "replica"),
+    # Names valid for every child: the Service is named like the ModelDeployment.
+    ("name too long for its Service", {**BASE, "metadata": {"name": "a" * 64}}, "metadata.name"),
+    ("dotted name", {**BASE, "metadata": {"name": "chat.v1"}}, "metadata.name"),
+    ("trainingJobRef name no TrainingJob can have", with_spec(model={"trainingJobRef": {"name": "a" * 53}}),
+     "spec.model.trainingJobRef.name"),
+    ("bad podAnnotations key", with_spec(podAnnotations={"bad key": "x"}), "spec.podAnnotations"),
+    ("apparmor podAnnotation", with_spec(podAnnotations={
+        "container.apparmor.security.beta.kubernetes.io/runtime": "unconfined"}), "spec.podAnnotations"),
+    ("nodeSelector value", with_spec(nodeSelector={"zone": "two words"}), "spec.nodeSelector"),
+    ("nodeSelector key", with_spec(nodeSelector={"-zone": "a"}), "spec.nodeSelector"),
+    ("toleration Exists with value", with_spec(tolerations=[{"key": "a", "operator": "Exists", "value": "b"}]),
+     "spec.tolerations[0].value"),
+    ("imagePullSecrets name", with_spec(imagePullSecrets=[{"name": "Not_A_Name"}]), "spec.imagePullSecrets[0].name"),
+    ("priorityClassName", with_spec(priorityClassName="Not_A_Name"), "spec.priorityClassName"),
+    ("apiKeySecretRef key", with_spec(apiKeySecretRef={"name": "keys", "key": "a/b"}), "spec.apiKeySecretRef.key"),
+    ("env name with =", with_spec(env=[{"name": "A=B", "value": "1"}]), "spec.env[0].name"),
+    ("env with two sources", with_spec(env=[{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"},
+                                                                        "configMapKeyRef": {"name": "c", "key": "k"}}}]),
+     "spec.env[0].valueFrom"),
+    ("image with space", with_spec(image="my image:1"), "spec.image"),
+    # Values the runtime would exit 2 on.
+    ("zero waiting requests", with_spec(runtime={"maxWaitingRequests": 0}), "spec.runtime.maxWaitingRequests"),
+    ("zero drain timeout", with_spec(runtime={"drainTimeoutSeconds": 0}), "spec.runtime.drainTimeoutSeconds"),
+    ("zero KV cache memory", with_spec(runtime={"kvCacheMemory": "0"}), "spec.runtime.kvCacheMemory"),
+    ("maxModelLen beyond the KV cache", with_spec(model={"uri": "pvc://models/tiny", "maxModelLen": 4096},
+                                                  runtime={"numKvBlocks": 10, "blockSize": 16}), "spec.model.maxModelLen"),
+    ("zero shm", with_spec(shmSize="0"), "spec.shmSize"),
+    # Quantities and percentages.
+    ("negative cpu", with_spec(resources={"requests": {"cpu": "-500m"}}), "spec.resources.requests"),
+    ("request above limit", with_spec(resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}),
+     "spec.resources.requests"),
+    ("fractional gpu", with_spec(resources={"limits": {"nvidia.com/gpu": "0.5"}}), "spec.resources.limits"),
+    ("surge above 100%", with_spec(rollout={"maxSurge": "150%"}), "spec.rollout.maxSurge"),
+    ("unavailable above 100%", with_spec(rollout={"maxUnavailable": "101%"}), "spec.rollout.maxUnavailable"),
 ]
 
 
@@ -122,6 +156,24 @@ def test_examples_and_a_full_spec_are_accepted(cluster: Any, crds: list[str], na
         result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(doc),
                                  check=False)
         assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("obj", [
+    {**BASE, "metadata": {"name": "a" * 63}},
+    with_spec(rollout={"maxSurge": "100%", "maxUnavailable": "100%"}),
+    with_spec(runtime={"maxWaitingRequests": 1, "drainTimeoutSeconds": 1, "numKvBlocks": 16, "blockSize": 16},
+              model={"uri": "pvc://models/tiny", "maxModelLen": 256}),
+    with_spec(podAnnotations={"example.com/team": "ml", "note": "free text, any characters: ok"},
+              nodeSelector={"kubernetes.io/arch": "amd64", "empty": ""}),
+    with_spec(resources={"requests": {"nvidia.com/gpu": 1, "cpu": "2"}, "limits": {"cpu": "2", "memory": "1Gi"}}),
+    with_spec(env=[{"name": "my.setting", "value": "1"},
+                   {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "token", "optional": True}}}]),
+], ids=["63-char name", "100% surge", "smallest runtime values", "annotations and labels", "gpu in requests only",
+        "env sources"])
+def test_valid_edge_cases_are_accepted(cluster: Any, crds: list[str], namespace: str, obj: dict[str, Any]) -> None:
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(obj),
+                             check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_defaults_are_filled_in_by_the_api_server(cluster: Any, crds: list[str], namespace: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -12,6 +13,7 @@ from tests.operator.trainingjob.conftest import Jobs, job_manifest
 pytestmark = pytest.mark.cluster
 
 Change = Callable[[dict[str, Any]], Any]
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def _set(path: str, value: Any) -> Change:
@@ -89,6 +91,53 @@ INVALID: list[tuple[str, Change, str]] = [
     ("zero-deadline", _set("runPolicy", {"activeDeadlineSeconds": 0}), "spec.runPolicy.activeDeadlineSeconds"),
     ("bad-quantity", _set("resources", {"limits": {"cpu": "lots"}}), "spec.resources.limits"),
     ("toleration-operator", _set("tolerations", [{"key": "a", "operator": "Maybe"}]), "spec.tolerations"),
+    # Cross-field rules see a preset's sizes, not only explicit fields.
+    ("sequence-beyond-preset-context", _set("training.sequenceLength", 512), "spec.training.sequenceLength"),
+    ("kvHeads-not-dividing-preset-heads", _set("model", {"preset": "small", "kvHeads": 3}), "spec.model.kvHeads"),
+    ("preset-kvHeads-not-dividing-heads", _set("model", {"preset": "tiny", "heads": 8, "hiddenSize": 128, "kvHeads": 3}),
+     "spec.model.kvHeads"),
+    ("heads-not-dividing-preset-hidden", _set("model", {"preset": "small", "heads": 3}), "spec.model.hiddenSize"),
+    ("odd-head-size-with-preset", _set("model", {"preset": "tiny", "hiddenSize": 36}), "spec.model.hiddenSize"),
+    ("validation-fraction-half", _set("data.validationFraction", 0.5), "spec.data.validationFraction"),
+    ("validation-fraction-negative", _set("data.validationFraction", -0.1), "spec.data.validationFraction"),
+    # Quantities.
+    ("fractional-gpu", _set("resources", {"limits": {"nvidia.com/gpu": "0.5"}}), "spec.resources.limits"),
+    ("negative-cpu", _set("resources", {"requests": {"cpu": "-1"}}), "spec.resources.requests"),
+    ("request-above-limit", _set("resources", {"requests": {"memory": "256Mi"}, "limits": {"memory": "128Mi"}}),
+     "spec.resources.requests"),
+    ("gpu-request-without-limit", _set("resources", {"requests": {"nvidia.com/gpu": 1}}), "spec.resources.requests"),
+    ("bad-resource-name", _set("resources", {"limits": {"gpu!": 1}}), "spec.resources.limits"),
+    # Label keys and values, names.
+    ("node-selector-key", _set("nodeSelector", {"bad key": "x"}), "spec.nodeSelector"),
+    ("node-selector-value", _set("nodeSelector", {"zone": "not a label value"}), "spec.nodeSelector"),
+    ("toleration-key", _set("tolerations", [{"key": "bad key", "operator": "Exists"}]), "spec.tolerations[0].key"),
+    ("toleration-exists-with-value", _set("tolerations", [{"key": "a", "operator": "Exists", "value": "b"}]),
+     "spec.tolerations[0].value"),
+    ("toleration-seconds-without-no-execute", _set("tolerations", [{"key": "a", "tolerationSeconds": 5}]),
+     "spec.tolerations[0].effect"),
+    ("toleration-empty-key-equal", _set("tolerations", [{"operator": "Equal", "value": "x"}]),
+     "spec.tolerations[0].operator"),
+    ("priority-class-name", _set("priorityClassName", "Not_A_Name"), "spec.priorityClassName"),
+    ("image-with-space", _set("image", "trainer image:1"), "spec.image"),
+    # Env sources and volumes (docs/security.md).
+    ("env-two-sources", _set("env", [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"},
+                                                                 "fieldRef": {"fieldPath": "metadata.name"}}}]),
+     "spec.env[0].valueFrom"),
+    ("env-field-path", _set("env", [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "spec.containers"}}}]),
+     "spec.env[0].valueFrom.fieldRef.fieldPath"),
+    ("hostPath-volume", _set("volumes", [{"name": "root", "hostPath": {"path": "/"}}]), "spec.volumes[0]"),
+    ("csi-volume", _set("volumes", [{"name": "x", "csi": {"driver": "secrets-store.csi.k8s.io"}}]), "spec.volumes[0]"),
+    ("hostPath-beside-emptyDir", _set("volumes", [{"name": "x", "emptyDir": {}, "hostPath": {"path": "/"}}]),
+     "spec.volumes[0]"),
+    ("projected-token", _set("volumes", [{"name": "x", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]),
+     "spec.volumes[0].projected.sources[0]"),
+    ("mount-of-unknown-volume", _set("volumeMounts", [{"name": "nope", "mountPath": "/data"}]), "spec.volumeMounts"),
+    ("duplicate-mount-path", _both(_set("volumes", [{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}]),
+                                   _set("volumeMounts", [{"name": "a", "mountPath": "/data"}, {"name": "b", "mountPath": "/data"}])),
+     "spec.volumeMounts"),
+    ("sub-path-dotdot", _both(_set("volumes", [{"name": "a", "emptyDir": {}}]),
+                              _set("volumeMounts", [{"name": "a", "mountPath": "/data", "subPath": "../x"}])),
+     "spec.volumeMounts[0].subPath"),
 ]
 
 
@@ -105,10 +154,54 @@ def test_at_least_thirty_invalid_specs() -> None:
     assert len(INVALID) >= 30
 
 
-def test_name_must_fit_the_pods_hostnames(jobs: Jobs) -> None:
-    manifest = job_manifest("a" * 53)
+def test_fractional_gpus_are_refused_for_being_fractional(jobs: Jobs) -> None:
+    manifest = job_manifest("gpus", resources={"limits": {"nvidia.com/gpu": "1.5"}})
     result = jobs.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
-    assert result.returncode != 0 and "metadata.name" in result.stderr, result.stderr
+    assert "must be whole numbers" in result.stderr and "globalBatchSize" not in result.stderr, result.stderr
+
+
+def test_name_must_fit_the_pods_hostnames(jobs: Jobs) -> None:
+    for name in ("a" * 53, "dotted.name", "9starts-with-a-digit"):
+        result = jobs.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(job_manifest(name)), check=False)
+        assert result.returncode != 0 and "metadata.name" in result.stderr, result.stderr
+
+
+VALID_EDGES: list[tuple[str, Change]] = [
+    ("validation-fraction-zero", _set("data.validationFraction", 0)),
+    ("validation-fraction-just-below-half", _set("data.validationFraction", 0.49)),
+    ("sequence-at-preset-context", _set("training.sequenceLength", 256)),
+    ("preset-with-overrides", _set("model", {"preset": "tiny", "heads": 8, "kvHeads": 4})),
+    ("whole-gpus-requested-and-limited", _both(_set("nodes", 1), _set("training.globalBatchSize", 16), _set("resources", {
+        "requests": {"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": 8}, "limits": {"memory": "1Gi", "nvidia.com/gpu": "8"}}))),
+    ("labels-and-tolerations", _both(
+        _set("nodeSelector", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "zone": ""}),
+        _set("tolerations", [{"operator": "Exists"}, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                             {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "tolerationSeconds": 30}]))),
+    ("allowed-volumes-and-env", _both(
+        _set("volumes", [{"name": "cache", "emptyDir": {"sizeLimit": "1Gi"}}, {"name": "extra", "persistentVolumeClaim": {"claimName": "store"}},
+                         {"name": "settings", "configMap": {"name": "settings"}}, {"name": "token", "secret": {"secretName": "hub-token"}},
+                         {"name": "all", "projected": {"sources": [{"configMap": {"name": "a"}}, {"secret": {"name": "b"}}]}},
+                         {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}]),
+        _set("volumeMounts", [{"name": "cache", "mountPath": "/cache"}, {"name": "token", "mountPath": "/token", "readOnly": True},
+                              {"name": "extra", "mountPath": "/extra", "subPath": "shared/a"}]),
+        _set("env", [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub-token", "key": "token"}}},
+                     {"name": "ZONE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['topology.kubernetes.io/zone']"}}},
+                     {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}]))),
+]
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("trainingjob-*.yaml")), ids=lambda path: path.stem)
+def test_examples_are_accepted(jobs: Jobs, example: Path) -> None:
+    result = jobs.kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("change", [pytest.param(c, id=i) for i, c in VALID_EDGES])
+def test_valid_edge_cases_are_accepted(jobs: Jobs, change: Change) -> None:
+    manifest = job_manifest("a" * 52)  # the longest name
+    change(manifest["spec"])
+    result = jobs.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_valid_examples_are_accepted_with_defaults(jobs: Jobs) -> None:

@@ -57,6 +57,8 @@ def test_gpus_given_once_appear_in_requests_and_limits() -> None:
     spec = parse_spec({"model": {"uri": "pvc://m"}, "resources": {"limits": {"nvidia.com/gpu": 2, "memory": "8Gi"}}})
     assert spec.resources == {"requests": {"nvidia.com/gpu": 2}, "limits": {"nvidia.com/gpu": 2, "memory": "8Gi"}}
     assert spec.gpus_per_pod == 2
+    other = parse_spec({"model": {"uri": "pvc://m"}, "resources": {"requests": {"example.com/fpga": 1, "cpu": "2"}}})
+    assert other.resources == {"requests": {"example.com/fpga": 1, "cpu": "2"}, "limits": {"example.com/fpga": 1}}
 
 
 @pytest.mark.parametrize("replicas, expected", [(1, 2), (3, 3), (9, 5), (0, 2)])

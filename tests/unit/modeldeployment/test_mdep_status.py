@@ -136,6 +136,10 @@ def test_invalid_spec() -> None:
     status = compute_status(Observation("chat", "ml", 3, spec_error="spec.model: exactly one"), None, NOW)
     assert status["phase"] == "Invalid" and cond(status, "Ready") == ("False", "InvalidSpec")
     assert [e.reason for e in events(None, status)] == ["InvalidSpec"]
+    assert events(status, compute_status(Observation("chat", "ml", 3, spec_error="spec.model: exactly one"), status,
+                                         NOW)) == []  # once, not on every reconcile
+    other = compute_status(Observation("chat", "ml", 4, spec_error="spec.affinity: the API server refused"), status, NOW)
+    assert [(e.reason, e.message) for e in events(status, other)] == [("InvalidSpec", "spec.affinity: the API server refused")]
 
 
 def test_conditions_keep_their_transition_time() -> None:

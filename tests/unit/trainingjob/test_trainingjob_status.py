@@ -8,7 +8,13 @@ import pytest
 
 from model_runtime.training import exitcodes
 from modelfleet_operator.conditions import get_condition
-from modelfleet_operator.trainingjob.status import FINAL_REPORT_GRACE_SECONDS, PERMANENT_EXIT_REASONS, decide
+from modelfleet_operator.trainingjob.status import (
+    FINAL_REPORT_GRACE_SECONDS,
+    PERMANENT_EXIT_REASONS,
+    CreateFailure,
+    creation_failed,
+    decide,
+)
 from tj_builders import NOW, base_spec, make_job, make_pod
 
 
@@ -232,3 +238,31 @@ def test_pods_of_another_job_with_the_same_name_are_treated_as_stale() -> None:
     foreign["metadata"]["ownerReferences"][0]["uid"] = "an-older-job"
     plan = decide(job, [foreign], NOW)
     assert plan.delete_pods == ["tj-node-0"] and plan.create_pods == []
+
+
+def test_host_paths_fail_the_job_unless_the_operator_allows_them() -> None:
+    spec = base_spec()
+    spec["data"]["uri"] = "file:///srv/corpus/train.txt"
+    plan = decide(make_job(spec), [], NOW)
+    assert plan.status["phase"] == "Failed" and plan.create_pods == []
+    assert (cond(plan, "Running")["status"], cond(plan, "Running")["reason"]) == ("False", "InvalidSpec")
+    assert cond(plan, "Failed")["message"].startswith("spec.data.uri: file:// URIs mount a directory of the node")
+    assert decide(make_job(spec), [], NOW, allow_host_paths=True).create_pods == [0, 1]
+
+
+def test_a_refused_volume_type_fails_the_job_naming_the_field() -> None:
+    spec = base_spec() | {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}
+    plan = decide(make_job(spec), [], NOW, allow_host_paths=True)  # the flag is about file:// URIs only
+    assert plan.status["phase"] == "Failed" and cond(plan, "Failed")["reason"] == "InvalidSpec"
+    assert cond(plan, "Failed")["message"].startswith("spec.volumes[0]: hostPath is not allowed")
+
+
+def test_a_refused_child_shows_as_invalid_not_as_an_empty_status() -> None:
+    plan = decide(make_job(), [], NOW)
+    message = "spec.affinity: the API server refused the Pod tj-node-0: ..."
+    status = creation_failed(plan.status, CreateFailure(message, invalid=True), 1, NOW)
+    conditions = {c["type"]: (c["status"], c["reason"], c["message"]) for c in status["conditions"]}
+    assert conditions["Created"] == conditions["Running"] == ("False", "InvalidSpec", message)
+    retryable = creation_failed(plan.status, CreateFailure("exceeded quota", invalid=False), 1, NOW)
+    assert get_condition(retryable["conditions"], "Created")["reason"] == "FailedCreate"
+    assert get_condition(retryable["conditions"], "Running")["reason"] == "PodsPending"
