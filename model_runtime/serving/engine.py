@@ -15,7 +15,7 @@ from model_runtime.llama import LlamaForCausalLM
 from model_runtime.serving.block_manager import BlockManager
 from model_runtime.serving.metrics import RuntimeMetrics
 from model_runtime.serving.model_runner import ModelRunner
-from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenLogprobs, sample
+from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenGuide, TokenLogprobs, sample
 from model_runtime.serving.scheduler import Scheduler
 from model_runtime.serving.sequence import Sequence
 from model_runtime.serving.text import TextAssembler
@@ -36,6 +36,7 @@ class EngineRequest:
     params: SamplingParams
     timeout: float | None = None
     arrival_time: float = field(default_factory=time.monotonic)
+    guides: list[TokenGuide] | None = None  # structured output: one per choice, advanced as tokens are sampled
 
 
 @dataclass
@@ -112,6 +113,8 @@ class LLMEngine:
                 f"and max_tokens is {params.max_tokens}", "max_tokens" if len(prompt_ids) < limit else prompt_param)
         if any(t < 0 or t >= self.vocab_size for t in params.stop_token_ids):
             raise InvalidRequest(f"stop_token_ids must be in [0, {self.vocab_size})", "stop_token_ids")
+        if any(t < 0 or t >= self.vocab_size for t in params.logit_bias):
+            raise InvalidRequest(f"logit_bias token ids must be in [0, {self.vocab_size})", "logit_bias")
 
     def add_request(self, request: EngineRequest) -> None:
         if request.request_id in self.requests:
@@ -125,7 +128,8 @@ class LLMEngine:
                 generator = torch.Generator(device=self.runner.device).manual_seed(p.seed + index)
             seq = Sequence(self._next_seq_id, request.request_id, index, list(request.prompt_ids),
                            len(request.prompt_ids), p, TextAssembler(self.tokenizer, request.prompt_ids, p.stop),
-                           generator, arrival_time=request.arrival_time)
+                           generator, arrival_time=request.arrival_time,
+                           guide=request.guides[index] if request.guides else None)
             self._next_seq_id += 1
             self.scheduler.add(seq)
             seqs.append(seq)
@@ -164,7 +168,7 @@ class LLMEngine:
                 if state.scheduled_time is None:
                     state.scheduled_time = now
                 state.cached_tokens = max(state.cached_tokens, seq.num_cached_tokens)
-            rows = [SampleRow(s.params, s.token_ids, s.num_prompt_tokens, s.generator) for s in samplers]
+            rows = [SampleRow(s.params, s.token_ids, s.num_prompt_tokens, s.generator, s.guide) for s in samplers]
             tokens, logprobs = sample(logits, rows) if samplers else ([], [])
             intervals = []
             for seq, token, lp in zip(samplers, tokens, logprobs):
@@ -186,10 +190,14 @@ class LLMEngine:
         seq.token_ids.append(token)
         p = seq.params
         reason = None
+        if seq.guide is not None:
+            seq.guide.advance(token)
         if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
             reason = "stop"  # the stop token itself is not part of the text
         elif seq.text.append(token):
             return self.scheduler.finish(seq, "stop")  # the text was cut before the stop string
+        elif seq.guide is not None and seq.guide.done:
+            reason = "stop"  # the grammar is complete: nothing else may follow
         elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.limits.max_model_len:
             reason = "length"
         if reason is not None:

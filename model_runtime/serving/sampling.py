@@ -1,8 +1,9 @@
 """Sampling parameters and the batched sampler.
 
 Order of logit processing (as in vLLM and transformers): repetition penalty (prompt and output tokens),
-frequency and presence penalties (output tokens, OpenAI's definition), no-repeat n-gram bans, then
-temperature, top-k and top-p, then a draw. The draw uses the exponential-race form
+frequency and presence penalties (output tokens, OpenAI's definition), no-repeat n-gram bans, logit bias,
+the structured-output grammar's token mask (only for the rows that have one), then temperature, top-k, top-p
+and min-p, then a draw. The draw uses the exponential-race form
 ``argmax(p / E), E ~ Exp(1)`` so that each seeded request gets its noise from its own generator and is
 reproducible whatever else shares the batch. Logprobs are those of the model's raw distribution.
 """
@@ -10,11 +11,13 @@ reproducible whatever else shares the batch. Logprobs are those of the model's r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 MAX_LOGPROBS = 20
 _MIN_TEMPERATURE = 1e-5
+_BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
 
 
 @dataclass
@@ -32,6 +35,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    min_p: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None  # number of top alternatives to return with each token's logprob
 
     def __post_init__(self) -> None:
@@ -45,6 +50,7 @@ class SamplingParams:
             "frequency_penalty": -2 <= self.frequency_penalty <= 2,
             "repetition_penalty": self.repetition_penalty > 0,
             "no_repeat_ngram_size": self.no_repeat_ngram_size >= 0,
+            "min_p": 0 <= self.min_p <= 1,
             "logprobs": self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -69,6 +75,20 @@ class TokenLogprobs:
     top: list[tuple[int, float]]
 
 
+class TokenGuide(Protocol):
+    """A sequence's structured-output constraint (see ``structured.py``)."""
+
+    def fill_bitmask(self, row: torch.Tensor) -> None:
+        """Write the allowed next tokens into ``row`` (int32, one bit per token id)."""
+
+    def advance(self, token: int) -> None:
+        """Take the sampled token."""
+
+    @property
+    def done(self) -> bool:
+        """True once the grammar allows nothing more."""
+
+
 @dataclass
 class SampleRow:
     """What the sampler needs to know about one sequence."""
@@ -77,6 +97,7 @@ class SampleRow:
     token_ids: list[int]
     num_prompt_tokens: int
     generator: torch.Generator | None
+    guide: TokenGuide | None = None
 
 
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list[TokenLogprobs | None]]:
@@ -88,6 +109,15 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list
         logits = logits.clone()
         for i, row in enumerate(rows):
             _apply_penalties(logits[i], row)
+    if any(r.params.logit_bias for r in rows):
+        for i, row in enumerate(rows):
+            if row.params.logit_bias:
+                ids = torch.tensor(list(row.params.logit_bias), dtype=torch.long, device=logits.device)
+                values = torch.tensor(list(row.params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+                logits[i].index_add_(0, ids, values)
+    guided = [i for i, r in enumerate(rows) if r.guide is not None]
+    if guided:
+        _apply_guides(logits, rows, guided)
     tokens = _draw(logits, rows)
     logprobs: list[TokenLogprobs | None] = [None] * len(rows)
     if raw_logprobs is not None:
@@ -116,6 +146,17 @@ def _apply_penalties(logits: torch.Tensor, row: SampleRow) -> None:
         banned = banned_ngram_tokens(row.token_ids, p.no_repeat_ngram_size)
         if banned:
             logits[list(banned)] = float("-inf")
+
+
+def _apply_guides(logits: torch.Tensor, rows: list[SampleRow], guided: list[int]) -> None:
+    """Disallowed tokens of the guided rows -> -inf; the other rows are not touched."""
+    vocab = logits.shape[1]
+    bitmask = torch.empty((len(guided), (vocab + 31) // 32), dtype=torch.int32)
+    for j, i in enumerate(guided):
+        rows[i].guide.fill_bitmask(bitmask[j])
+    allowed = ((bitmask.unsqueeze(-1) >> _BIT_SHIFTS) & 1).view(len(guided), -1)[:, :vocab].bool()
+    index = torch.tensor(guided, dtype=torch.long, device=logits.device)
+    logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
 
 
 def banned_ngram_tokens(tokens: list[int], n: int) -> set[int]:
@@ -150,6 +191,10 @@ def _draw(logits: torch.Tensor, rows: list[SampleRow]) -> list[int]:
     if any(p < 1.0 for p in top_ps):
         scaled = _top_p(scaled, torch.tensor(top_ps, device=device))
     probs = torch.softmax(scaled, dim=-1)
+    min_ps = [r.params.min_p for r in rows]
+    if any(min_ps):  # keep tokens at least min_p times as likely as the best one
+        floor = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_ps, device=device).unsqueeze(1)
+        probs = probs.masked_fill(probs < floor, 0.0)
     noise = torch.empty_like(probs).exponential_()
     for i, row in enumerate(rows):
         if row.generator is not None and not greedy[i]:
