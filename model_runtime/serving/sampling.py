@@ -105,17 +105,20 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list
     logits = logits.float()
     want_logprobs = any(r.params.logprobs is not None for r in rows)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-    if any(r.params.penalized or r.params.no_repeat_ngram_size for r in rows):
-        logits = logits.clone()
+    penalized = any(r.params.penalized or r.params.no_repeat_ngram_size for r in rows)
+    biased = any(r.params.logit_bias for r in rows)
+    guided = [i for i, r in enumerate(rows) if r.guide is not None]
+    if penalized or biased or guided:
+        logits = logits.clone()  # the model's output is an inference tensor, not to be edited in place
+    if penalized:
         for i, row in enumerate(rows):
             _apply_penalties(logits[i], row)
-    if any(r.params.logit_bias for r in rows):
+    if biased:
         for i, row in enumerate(rows):
             if row.params.logit_bias:
                 ids = torch.tensor(list(row.params.logit_bias), dtype=torch.long, device=logits.device)
                 values = torch.tensor(list(row.params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
                 logits[i].index_add_(0, ids, values)
-    guided = [i for i, r in enumerate(rows) if r.guide is not None]
     if guided:
         _apply_guides(logits, rows, guided)
     tokens = _draw(logits, rows)
