@@ -274,7 +274,7 @@ def chat_response(runtime: Runtime, gen: Generation, per_prompt: list[list[Reque
     for i, c in enumerate(_merge(gen, per_prompt)):
         content, calls = gen.tools.parse("".join(c.text))
         finish = "tool_calls" if calls and c.finish_reason == "stop" else c.finish_reason
-        choices.append(ChatChoice(index=i, message=AssistantMessage(content=content, tool_calls=calls),
+        choices.append(ChatChoice(index=i, message=AssistantMessage(content=content, tool_calls=calls or None),
                                   finish_reason=finish,
                                   logprobs=chat_logprobs(runtime, c.logprobs) if want_logprobs else None))
     return ChatCompletionResponse(id=gen.response_id, model=runtime.model_name, choices=choices,

@@ -304,7 +304,7 @@ class ToolCallOut(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
-    tool_calls: list[ToolCallOut] = []
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
