@@ -107,7 +107,7 @@ class GrammarCompiler:
         """``n`` independent guides; an invalid schema, regex or grammar is a 400 naming the field."""
         try:
             grammar = grammar_text(spec)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # llguidance's compile errors for whatever a client sends are the client's
             raise APIError(400, f"{spec.param}: {exc}", param=spec.param) from None
         tokenizer = self._tokenizer_for_grammars()
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
