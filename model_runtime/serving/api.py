@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_runtime.serving import completions
@@ -22,8 +21,8 @@ from model_runtime.serving.engine import RequestOutput
 from model_runtime.serving.errors import APIError, install_error_handlers
 from model_runtime.serving.protocol import (
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, DetokenizeRequest,
-    DetokenizeResponse, ErrorResponse, ModelCard, ModelList, PredictRequest, PredictResponse, TokenizeRequest,
-    TokenizeResponse,
+    DetokenizeResponse, ErrorResponse, Lenient, ModelCard, ModelList, PredictRequest, PredictResponse,
+    TokenizeRequest, TokenizeResponse,
 )
 from model_runtime.serving.runtime import Runtime, ServerState, build_runtime, warm_up
 
@@ -120,11 +119,8 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
     def rt(request: Request) -> Runtime:
         return request.app.state.runtime
 
-    def admit(request: Request, body: BaseModel, seqs: int) -> None:
+    def admit(request: Request, seqs: int) -> None:
         """Count the request's sequences (n per prompt) against the queue; 429 when they do not fit."""
-        ignored = getattr(body, "ignored_fields", list)()
-        if ignored:
-            log.info("%s: ignoring unsupported fields %s", request.url.path, ", ".join(ignored))
         if seqs > seq_limit:
             raise APIError(400, f"the request asks for {seqs} sequences (n x prompts); this server takes at most "
                                 f"{seq_limit}", param="n")
@@ -169,7 +165,8 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
               responses={200: {"content": {"text/event-stream": {}}}})
     async def create_completion(body: CompletionRequest, request: Request):
         r = rt(request)
-        admit(request, body, body.n * len(body.prompts()))
+        note_ignored(request, body)
+        admit(request, body.n * len(body.prompts()))
         gen = await r.offload(completions.prepare_completion, r, body)
         if body.stream:
             return _sse(completions.stream_events(r, gen, _include_usage(body)))
@@ -179,7 +176,8 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
               responses={200: {"content": {"text/event-stream": {}}}})
     async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         r = rt(request)
-        admit(request, body, body.n)
+        note_ignored(request, body)
+        admit(request, body.n)
         gen = await r.offload(completions.prepare_chat, r, body)
         if body.stream:
             return _sse(completions.stream_events(r, gen, _include_usage(body)))
@@ -188,17 +186,19 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
     @api.post("/tokenize", response_model=TokenizeResponse, summary="Text or chat messages -> token ids (vLLM's)")
     async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         r = rt(request)
+        note_ignored(request, body)
         return await r.offload(completions.tokenize, r, body)
 
     @api.post("/detokenize", response_model=DetokenizeResponse, summary="Token ids -> text (vLLM's)")
     async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
         r = rt(request)
+        note_ignored(request, body)
         return await r.offload(completions.detokenize, r, body)
 
     @api.post("/predict", response_model=PredictResponse, summary="Plain text in, greedy continuation out")
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         r = rt(request)
-        admit(request, body, 1)
+        admit(request, 1)
         completion = CompletionRequest(prompt=body.text, max_tokens=body.max_tokens, temperature=0)
         gen = await r.offload(completions.prepare_completion, r, completion)
         per_prompt = await _run(r, request, gen)
@@ -206,6 +206,13 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
 
     app.include_router(api)
     return app
+
+
+def note_ignored(request: Request, body: Lenient) -> None:
+    """Unknown fields are accepted and ignored, as vLLM does; the log says which."""
+    ignored = body.ignored_fields()
+    if ignored:
+        log.info("%s: ignoring unsupported fields %s", request.url.path, ", ".join(ignored))
 
 
 def _include_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:

@@ -30,7 +30,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class _Lenient(BaseModel):
+class Lenient(BaseModel):
     """Unknown fields are kept in ``model_extra`` (and reported by ``ignored_fields``), not rejected."""
 
     model_config = ConfigDict(extra="allow")
@@ -39,18 +39,18 @@ class _Lenient(BaseModel):
         return sorted(self.model_extra or {})
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class JSONSchemaFormat(_Lenient):
+class JSONSchemaFormat(Lenient):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
@@ -61,7 +61,7 @@ class ResponseFormat(_Lenient):
         return self
 
 
-class StructuredOutputs(_Lenient):
+class StructuredOutputs(Lenient):
     """vLLM's ``structured_outputs`` field: exactly one of these."""
 
     json_: dict[str, Any] | str | None = Field(None, alias="json")
@@ -74,7 +74,7 @@ class StructuredOutputs(_Lenient):
 LogitBias = dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Annotated[float, Field(ge=-100.0, le=100.0)]]
 
 
-class _SamplingFields(_Lenient):
+class _SamplingFields(Lenient):
     """Fields shared by completions and chat completions."""
 
     model: str | None = Field(None, description="The served model name (see /v1/models); defaults to it.")
@@ -133,23 +133,23 @@ class CompletionRequest(_SamplingFields):
         return list(self.prompt)
 
 
-class TextContent(_Lenient):
+class TextContent(Lenient):
     type: Literal["text"]
     text: str
 
 
-class FunctionCall(_Lenient):
+class FunctionCall(Lenient):
     name: str
     arguments: str = Field("{}", description="The arguments as a JSON string.")
 
 
-class ToolCall(_Lenient):
+class ToolCall(Lenient):
     id: str | None = None
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContent] | None = None
     name: str | None = None
@@ -162,23 +162,23 @@ class ChatMessage(_Lenient):
         return self.content or ""
 
 
-class FunctionDefinition(_Lenient):
+class FunctionDefinition(Lenient):
     name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Lenient):
+class Tool(Lenient):
     type: Literal["function"] = "function"
     function: FunctionDefinition
 
 
-class NamedFunction(_Lenient):
+class NamedFunction(Lenient):
     name: str
 
 
-class NamedToolChoice(_Lenient):
+class NamedToolChoice(Lenient):
     type: Literal["function"] = "function"
     function: NamedFunction
 
@@ -202,7 +202,7 @@ class ChatCompletionRequest(_SamplingFields):
         return self
 
 
-class TokenizeRequest(_Lenient):
+class TokenizeRequest(Lenient):
     """vLLM's /tokenize: either ``prompt`` (text) or ``messages`` (rendered with the chat template first)."""
 
     model: str | None = None
@@ -228,7 +228,7 @@ class TokenizeResponse(BaseModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(_Lenient):
+class DetokenizeRequest(Lenient):
     model: str | None = None
     tokens: list[Annotated[int, Field(ge=0)]]
 

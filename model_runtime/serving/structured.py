@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 
 from model_runtime.serving.errors import APIError
-from model_runtime.serving.protocol import _SamplingFields
+from model_runtime.serving.protocol import ChatCompletionRequest, CompletionRequest
 
 # Compact, deterministic JSON (json.dumps' separators): no free whitespace, so a weak model cannot loop on it.
 JSON_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ",
@@ -33,7 +33,7 @@ class GrammarSpec:
     param: str  # the request field it came from, for error messages
 
 
-def spec_from_request(body: _SamplingFields) -> GrammarSpec | None:
+def spec_from_request(body: CompletionRequest | ChatCompletionRequest) -> GrammarSpec | None:
     """The constraint named by ``response_format`` or vLLM's guided_*/structured_outputs fields (at most one)."""
     found: list[GrammarSpec] = []
     rf = body.response_format
