@@ -15,9 +15,10 @@ from model_runtime.llama import LlamaForCausalLM
 from model_runtime.serving.block_manager import BlockManager
 from model_runtime.serving.metrics import RuntimeMetrics
 from model_runtime.serving.model_runner import ModelRunner
-from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenGuide, TokenLogprobs, sample
+from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenLogprobs, sample
 from model_runtime.serving.scheduler import Scheduler
 from model_runtime.serving.sequence import Sequence
+from model_runtime.serving.structured import Guide, token_bitmasks
 from model_runtime.serving.text import TextAssembler
 
 
@@ -36,7 +37,7 @@ class EngineRequest:
     params: SamplingParams
     timeout: float | None = None
     arrival_time: float = field(default_factory=time.monotonic)
-    guides: list[TokenGuide] | None = None  # structured output: one per choice, advanced as tokens are sampled
+    guides: list[Guide] | None = None  # structured output: one per choice, advanced as tokens are sampled
 
 
 @dataclass
@@ -168,8 +169,10 @@ class LLMEngine:
                 if state.scheduled_time is None:
                     state.scheduled_time = now
                 state.cached_tokens = max(state.cached_tokens, seq.num_cached_tokens)
-            rows = [SampleRow(s.params, s.token_ids, s.num_prompt_tokens, s.generator, s.guide) for s in samplers]
-            tokens, logprobs = sample(logits, rows) if samplers else ([], [])
+            rows = [SampleRow(s.params, s.token_ids, s.num_prompt_tokens, s.generator) for s in samplers]
+            guided = [i for i, s in enumerate(samplers) if s.guide is not None]
+            masks = (guided, token_bitmasks([samplers[i].guide for i in guided], self.vocab_size)) if guided else None
+            tokens, logprobs = sample(logits, rows, masks) if samplers else ([], [])
             intervals = []
             for seq, token, lp in zip(samplers, tokens, logprobs):
                 if seq.last_token_time is not None:

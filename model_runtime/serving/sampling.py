@@ -11,7 +11,6 @@ reproducible whatever else shares the batch. Logprobs are those of the model's r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
@@ -75,20 +74,6 @@ class TokenLogprobs:
     top: list[tuple[int, float]]
 
 
-class TokenGuide(Protocol):
-    """A sequence's structured-output constraint (see ``structured.py``)."""
-
-    def fill_bitmask(self, row: torch.Tensor) -> None:
-        """Write the allowed next tokens into ``row`` (int32, one bit per token id)."""
-
-    def advance(self, token: int) -> None:
-        """Take the sampled token."""
-
-    @property
-    def done(self) -> bool:
-        """True once the grammar allows nothing more."""
-
-
 @dataclass
 class SampleRow:
     """What the sampler needs to know about one sequence."""
@@ -97,18 +82,22 @@ class SampleRow:
     token_ids: list[int]
     num_prompt_tokens: int
     generator: torch.Generator | None
-    guide: TokenGuide | None = None
 
 
-def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """logits: [batch, vocab] (one row per sequence that samples this step). Returns token ids and logprobs."""
+TokenMasks = tuple[list[int], torch.Tensor]  # rows, and their allowed tokens as an int32 bitmask [rows, words]
+
+
+def sample(logits: torch.Tensor, rows: list[SampleRow], masks: TokenMasks | None = None) \
+        -> tuple[list[int], list[TokenLogprobs | None]]:
+    """logits: [batch, vocab] (one row per sequence that samples this step). Returns token ids and logprobs.
+
+    ``masks`` (structured output) restricts the rows it names to the tokens whose bits are set."""
     logits = logits.float()
     want_logprobs = any(r.params.logprobs is not None for r in rows)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
     penalized = any(r.params.penalized or r.params.no_repeat_ngram_size for r in rows)
     biased = any(r.params.logit_bias for r in rows)
-    guided = [i for i, r in enumerate(rows) if r.guide is not None]
-    if penalized or biased or guided:
+    if penalized or biased or masks:
         logits = logits.clone()  # the model's output is an inference tensor, not to be edited in place
     if penalized:
         for i, row in enumerate(rows):
@@ -119,8 +108,8 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list
                 ids = torch.tensor(list(row.params.logit_bias), dtype=torch.long, device=logits.device)
                 values = torch.tensor(list(row.params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
                 logits[i].index_add_(0, ids, values)
-    if guided:
-        _apply_guides(logits, rows, guided)
+    if masks:
+        _apply_masks(logits, *masks)
     tokens = _draw(logits, rows)
     logprobs: list[TokenLogprobs | None] = [None] * len(rows)
     if raw_logprobs is not None:
@@ -151,12 +140,9 @@ def _apply_penalties(logits: torch.Tensor, row: SampleRow) -> None:
             logits[list(banned)] = float("-inf")
 
 
-def _apply_guides(logits: torch.Tensor, rows: list[SampleRow], guided: list[int]) -> None:
+def _apply_masks(logits: torch.Tensor, guided: list[int], bitmask: torch.Tensor) -> None:
     """Disallowed tokens of the guided rows -> -inf; the other rows are not touched."""
     vocab = logits.shape[1]
-    bitmask = torch.empty((len(guided), (vocab + 31) // 32), dtype=torch.int32)
-    for j, i in enumerate(guided):
-        rows[i].guide.fill_bitmask(bitmask[j])
     allowed = ((bitmask.unsqueeze(-1) >> _BIT_SHIFTS) & 1).view(len(guided), -1)[:, :vocab].bool()
     index = torch.tensor(guided, dtype=torch.long, device=logits.device)
     logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))

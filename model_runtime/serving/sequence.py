@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model_runtime.serving.sampling import SamplingParams, TokenGuide
+from model_runtime.serving.sampling import SamplingParams
+from model_runtime.serving.structured import Guide
 from model_runtime.serving.text import TextAssembler
 
 
@@ -32,7 +33,7 @@ class Sequence:
     generator: torch.Generator | None = None
     arrival_time: float = 0.0
     deadline: float | None = None
-    guide: TokenGuide | None = None
+    guide: Guide | None = None  # structured output
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0

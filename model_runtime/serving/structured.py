@@ -3,8 +3,9 @@
 The grammar library is llguidance (pinned in pyproject.toml; vLLM's ``guidance`` backend): one self-contained
 wheel with no dependencies, where xgrammar needs transformers and triton at run time. A request's constraint
 is compiled on the tokenizer threads; each of its sequences gets its own matcher (``Guide``). Each step the
-sampler asks only the guided rows for their masks, so unconstrained sequences in the same batch pay nothing,
-and the engine advances a guide by the token it sampled and stops the sequence when the grammar is complete.
+engine computes masks for the guided rows only (``token_bitmasks``) and the sampler applies them to those rows,
+so unconstrained sequences in the same batch pay nothing; the engine then advances each guide by the token it
+sampled and stops the sequence when the grammar is complete.
 """
 
 from __future__ import annotations
@@ -76,9 +77,6 @@ class Guide:
     def __init__(self, matcher: llguidance.LLMatcher) -> None:
         self.matcher = matcher
 
-    def fill_bitmask(self, row: torch.Tensor) -> None:
-        self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
-
     def advance(self, token: int) -> None:
         self.matcher.consume_token(token)
 
@@ -86,6 +84,23 @@ class Guide:
     def done(self) -> bool:
         """Nothing more can follow (also after an error, which a masked draw cannot cause)."""
         return self.matcher.is_stopped()
+
+
+_executor: llguidance.LLExecutor | None = None
+
+
+def token_bitmasks(guides: list[Guide], vocab_size: int) -> torch.Tensor:
+    """The guides' next-token masks, [len(guides), ceil(vocab / 32)] int32, computed in parallel by llguidance."""
+    global _executor
+    bitmask = torch.empty((len(guides), (vocab_size + 31) // 32), dtype=torch.int32)
+    row_bytes = bitmask.shape[1] * bitmask.element_size()
+    if len(guides) == 1:
+        guides[0].matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), row_bytes)
+    else:
+        _executor = _executor or llguidance.LLExecutor()
+        _executor.unsafe_compute_mask_ptr([(g.matcher, i) for i, g in enumerate(guides)], bitmask.data_ptr(),
+                                          row_bytes, len(guides))
+    return bitmask
 
 
 class GrammarCompiler:

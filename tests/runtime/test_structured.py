@@ -106,20 +106,9 @@ def test_constrained_and_free_sequences_share_a_batch(server, reference_model) -
         jsonschema.validate(json.loads(response.json()["choices"][0]["text"]), PERSON)
 
 
-class _OnlyToken:
-    """A guide that allows a single token (the sampler's side of the contract, without a grammar)."""
-
-    def __init__(self, token: int) -> None:
-        self.token = token
-
-    def fill_bitmask(self, row: torch.Tensor) -> None:
-        row.zero_()
-        row[self.token // 32] = 1 << (self.token % 32)
-
-
 def test_sampler_masks_only_guided_rows() -> None:
     logits = torch.tensor([[5.0, 1.0, 0.0, -1.0], [5.0, 1.0, 0.0, -1.0]])
-    rows = [SampleRow(SamplingParams(temperature=0), [0], 1, None, _OnlyToken(3)),
-            SampleRow(SamplingParams(temperature=0), [0], 1, None)]
-    tokens, _ = sample(logits, rows)
+    rows = [SampleRow(SamplingParams(temperature=0), [0], 1, None) for _ in range(2)]
+    only_token_3 = torch.tensor([[1 << 3]], dtype=torch.int32)
+    tokens, _ = sample(logits, rows, ([0], only_token_3))
     assert tokens == [3, 0]
