@@ -124,7 +124,11 @@ class GrammarCompiler:
             grammar = grammar_text(spec)
         except Exception as exc:  # llguidance's compile errors for whatever a client sends are the client's
             raise APIError(400, f"{spec.param}: {exc}", param=spec.param) from None
-        tokenizer = self._tokenizer_for_grammars()
+        try:
+            tokenizer = self._tokenizer_for_grammars()
+        except Exception as exc:  # a tokenizer.json that llguidance cannot read: a limit of this model, not a crash
+            raise APIError(400, f"{spec.param}: structured output is not available with this model's tokenizer "
+                                f"({exc})", param=spec.param) from None
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
         if is_error:
             raise APIError(400, f"{spec.param}: {messages[0]}", param=spec.param)
