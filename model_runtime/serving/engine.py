@@ -15,7 +15,7 @@ from model_runtime.llama import LlamaForCausalLM
 from model_runtime.serving.block_manager import BlockManager
 from model_runtime.serving.metrics import RuntimeMetrics
 from model_runtime.serving.model_runner import ModelRunner
-from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenLogprobs, sample
+from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenLogprobs, TokenMasks, sample
 from model_runtime.serving.scheduler import Scheduler
 from model_runtime.serving.sequence import Sequence
 from model_runtime.serving.structured import Guide, token_bitmasks
@@ -98,6 +98,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, limits.max_num_seqs, limits.max_num_batched_tokens)
         self.runner = ModelRunner(model, limits.num_blocks, limits.block_size)
         self.requests: dict[str, _Request] = {}
+        self.guided_requests: set[str] = set()  # with structured output; while empty, steps skip the mask logic
         self._next_seq_id = 0
         self._reported = (0, 0, 0)  # preemptions, prefix queries, prefix hits already exported
 
@@ -136,6 +137,8 @@ class LLMEngine:
             seqs.append(seq)
         deadline = request.arrival_time + request.timeout if request.timeout is not None else None
         self.requests[request.request_id] = _Request(request, seqs, deadline)
+        if request.guides:
+            self.guided_requests.add(request.request_id)
 
     def has_work(self) -> bool:
         return bool(self.requests)
@@ -170,8 +173,7 @@ class LLMEngine:
                     state.scheduled_time = now
                 state.cached_tokens = max(state.cached_tokens, seq.num_cached_tokens)
             rows = [SampleRow(s.params, s.token_ids, s.num_prompt_tokens, s.generator) for s in samplers]
-            guided = [i for i, s in enumerate(samplers) if s.guide is not None]
-            masks = (guided, token_bitmasks([samplers[i].guide for i in guided], self.vocab_size)) if guided else None
+            masks = self._token_masks(samplers) if self.guided_requests else None
             tokens, logprobs = sample(logits, rows, masks) if samplers else ([], [])
             intervals = []
             for seq, token, lp in zip(samplers, tokens, logprobs):
@@ -188,6 +190,10 @@ class LLMEngine:
             outputs += [self._collect(self.requests[rid], new_tokens, new_logprobs, now) for rid in touched]
         self._record_step()
         return outputs
+
+    def _token_masks(self, samplers: list[Sequence]) -> TokenMasks | None:
+        guided = [i for i, s in enumerate(samplers) if s.guide is not None]
+        return (guided, token_bitmasks([samplers[i].guide for i in guided], self.vocab_size)) if guided else None
 
     def _append_token(self, seq: Sequence, token: int) -> None:
         seq.token_ids.append(token)
@@ -223,6 +229,7 @@ class LLMEngine:
         finished = state.finished
         if finished:
             del self.requests[req.request_id]
+            self.guided_requests.discard(req.request_id)
             if self.metrics is not None:
                 self.metrics.record_finished(
                     state.seqs[0].finish_reason or "abort", arrival=req.arrival_time, scheduled=state.scheduled_time,

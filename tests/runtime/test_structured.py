@@ -13,7 +13,7 @@ import torch
 
 from model_runtime.serving.sampling import SampleRow, SamplingParams, sample
 
-from conftest import MODEL_NAME, client, greedy_text
+from conftest import MODEL_NAME, client, greedy_text, wait_until
 
 PERSON = {
     "type": "object",
@@ -104,6 +104,7 @@ def test_constrained_and_free_sequences_share_a_batch(server, reference_model) -
     assert free.json()["choices"][0]["text"] == expected
     for response in guided:
         jsonschema.validate(json.loads(response.json()["choices"][0]["text"]), PERSON)
+    wait_until(lambda: not server.engine.guided_requests, message="finished guided requests to be forgotten")
 
 
 def test_sampler_masks_only_guided_rows() -> None:
