@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from typing import Annotated, Literal
 
 import httpx
 import jsonschema
 import pytest
 import torch
+from pydantic import BaseModel, Field
 
 from model_runtime.serving.sampling import SampleRow, SamplingParams, sample
 
@@ -40,6 +42,19 @@ def test_json_schema_response_validates(server) -> None:
         model=MODEL_NAME, messages=[{"role": "user", "content": "x"}], temperature=0, max_tokens=200,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
     jsonschema.validate(json.loads(greedy.choices[0].message.content), PERSON)
+
+
+class Person(BaseModel):
+    name: Annotated[str, Field(max_length=12)]
+    color: Literal["red", "green"]
+    age: Annotated[int, Field(ge=0, le=120)]
+
+
+def test_openai_sdk_parse_with_a_pydantic_model(server) -> None:
+    """The SDK's parse() sends a strict json_schema built from the model and parses the reply into it."""
+    done = client(server).chat.completions.parse(model=MODEL_NAME, messages=[{"role": "user", "content": "x"}],
+                                                 response_format=Person, max_tokens=100, seed=1, n=2)
+    assert all(isinstance(c.message.parsed, Person) for c in done.choices)
 
 
 def test_streamed_json_schema_validates(server) -> None:
