@@ -11,9 +11,8 @@ import pytest
 from model_runtime.artifact import save_model_dir
 from model_runtime.tokenizer import BOS_TOKEN, EOS_TOKEN
 
+from chat_data import HISTORY, LLAMA3, QWEN2, TOOLS
 from conftest import MODEL_NAME, TOKENIZER, running_server, tiny_model
-from templates import LLAMA3, QWEN2
-from test_tools import HISTORY, TOOLS
 
 transformers = pytest.importorskip("transformers")
 

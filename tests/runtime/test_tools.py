@@ -13,28 +13,10 @@ from model_runtime.artifact import save_model_dir
 from model_runtime.serving.protocol import ChatCompletionRequest
 from model_runtime.serving.tools import ToolDeltas, ToolMode, parse_hermes
 
+from chat_data import HISTORY, QWEN2, SCHEMAS, TOOLS
 from conftest import MODEL_NAME, TOKENIZER, client, running_server, tiny_model
-from templates import QWEN2
 
-WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16},
-                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
-           "required": ["city", "unit"], "additionalProperties": False}
-CLOCK = {"type": "object", "properties": {"timezone": {"enum": ["UTC", "CET", "PST"]},
-                                          "hours_ahead": {"type": "integer", "minimum": 0, "maximum": 48}},
-         "required": ["timezone"], "additionalProperties": False}
-SCHEMAS = {"get_weather": WEATHER, "get_time": CLOCK}
-TOOLS = [{"type": "function", "function": {"name": name, "description": f"{name} somewhere", "parameters": schema}}
-         for name, schema in SCHEMAS.items()]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-HISTORY = [
-    {"role": "system", "content": "You help."},
-    {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
-    {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
-    {"role": "user", "content": "And now?"},
-]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Real-world chat templates, written out for the tests (no model hub here)."""
+"""Real-world chat templates (written out: no model hub here), and the tools and conversations the tests use."""
 
 # Qwen2.5's template (tools in <tools>, calls in Hermes <tool_call> tags, results in <tool_response>).
 QWEN2 = """{%- if tools %}
@@ -107,3 +107,22 @@ LLAMA3 = """{{- bos_token }}
     {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
 {%- endif %}
 """
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+CLOCK = {"type": "object", "properties": {"timezone": {"enum": ["UTC", "CET", "PST"]},
+                                          "hours_ahead": {"type": "integer", "minimum": 0, "maximum": 48}},
+         "required": ["timezone"], "additionalProperties": False}
+SCHEMAS = {"get_weather": WEATHER, "get_time": CLOCK}
+TOOLS = [{"type": "function", "function": {"name": name, "description": f"{name} somewhere", "parameters": schema}}
+         for name, schema in SCHEMAS.items()]
+HISTORY = [
+    {"role": "system", "content": "You help."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
+    {"role": "user", "content": "And now?"},
+]
