@@ -1,16 +1,28 @@
 """Paged KV-cache blocks: allocation with reference counts, and a prefix cache keyed by content hashes.
 
 A block holds ``block_size`` consecutive tokens of one or more sequences. Once all its tokens are computed
-it gets a hash chained over every token before it, so two sequences that share a prefix share its blocks.
+it gets a SHA-256 digest chained over every token before it, so two sequences that share a prefix share its
+blocks. A cryptographic hash, not Python's ``hash()``: with a 64-bit non-cryptographic key a client could craft
+a prompt whose blocks collide with another request's and read its KV cache (the class of vLLM CVE-2025-25183).
 A freed block keeps its hash and content until it is reused (least recently freed first), which is what
 lets a later request with the same prefix skip its prefill.
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 
 from model_runtime.serving.sequence import Sequence
+
+
+ROOT_KEY = b""  # the parent key of a sequence's first block
+
+
+def block_key(parent: bytes, tokens: tuple[int, ...]) -> bytes:
+    """SHA-256 of the parent block's key and this block's token ids (as int64)."""
+    return hashlib.sha256(parent + array("q", tokens).tobytes()).digest()
 
 
 class BlockManager:
@@ -21,9 +33,9 @@ class BlockManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.block_hash: list[int | None] = [None] * num_blocks
+        self.block_hash: list[bytes | None] = [None] * num_blocks
         self.block_tokens: list[tuple[int, ...] | None] = [None] * num_blocks
-        self.hash_to_block: dict[int, int] = {}
+        self.hash_to_block: dict[bytes, int] = {}
         # Free blocks in eviction order (oldest first); an OrderedDict gives O(1) removal on a cache hit.
         self.free_blocks: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
 
@@ -39,8 +51,6 @@ class BlockManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def _block_key(self, prev_hash: int, tokens: tuple[int, ...]) -> int:
-        return hash((prev_hash, tokens))
 
     def match_prefix(self, seq: Sequence) -> int:
         """Attach cached blocks for the longest cached prefix of a fresh sequence; returns tokens matched.
@@ -50,10 +60,10 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return 0
         bs = self.block_size
-        prev = 0
+        prev = ROOT_KEY
         for i in range((seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            key = self._block_key(prev, tokens)
+            key = block_key(prev, tokens)
             block = self.hash_to_block.get(key)
             if block is None or self.block_tokens[block] != tokens:
                 break
@@ -94,7 +104,7 @@ class BlockManager:
         bs = self.block_size
         for i in range(len(seq.block_hashes), seq.num_computed_tokens // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            key = self._block_key(seq.block_hashes[-1] if seq.block_hashes else 0, tokens)
+            key = block_key(seq.block_hashes[-1] if seq.block_hashes else ROOT_KEY, tokens)
             block = seq.block_table[i]
             if key not in self.hash_to_block:
                 self.hash_to_block[key] = block

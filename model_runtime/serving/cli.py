@@ -31,7 +31,9 @@ _OPTIONS: list[tuple[str, type | object, object, str]] = [
     ("--kv-cache-memory", parse_bytes, None, "KV cache size in bytes, e.g. 2Gi (default: room for max-num-seqs "
                                              "full sequences, at most 2 GiB on CPU / 80%% of free GPU memory)"),
     ("--block-size", int, 16, "tokens per KV block"),
-    ("--max-waiting-requests", int, 1024, "requests that may wait beyond max-num-seqs; more get 429"),
+    ("--max-waiting-requests", int, 1024, "sequences (n per request) that may wait beyond max-num-seqs; more get 429"),
+    ("--max-request-bytes", parse_bytes, 32 << 20, "largest request body accepted, e.g. 32Mi; larger get 413"),
+    ("--tokenizer-threads", int, 4, "threads that render chat templates and tokenize, off the event loop"),
     ("--request-timeout", float, 600.0, "seconds a request may take, queueing included"),
     ("--drain-timeout", float, 30.0, "seconds in-flight requests get to finish after SIGTERM"),
     ("--api-key-file", Path, None, "file with API keys, one per line (also MODELFLEET_API_KEY, comma-separated)"),

@@ -44,10 +44,12 @@ class ServeConfig:
     drain_timeout: float = 30.0
     api_keys: list[str] = field(default_factory=list, repr=False)
     enable_prefix_caching: bool = True
+    max_request_bytes: int = 32 << 20
+    tokenizer_threads: int = 4
 
     def __post_init__(self) -> None:
         positive = ("port", "max_num_seqs", "max_num_batched_tokens", "block_size", "max_waiting_requests",
-                    "request_timeout", "drain_timeout")
+                    "request_timeout", "drain_timeout", "max_request_bytes", "tokenizer_threads")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

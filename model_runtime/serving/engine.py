@@ -15,9 +15,10 @@ from model_runtime.llama import LlamaForCausalLM
 from model_runtime.serving.block_manager import BlockManager
 from model_runtime.serving.metrics import RuntimeMetrics
 from model_runtime.serving.model_runner import ModelRunner
-from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenLogprobs, sample
+from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenLogprobs, TokenMasks, sample
 from model_runtime.serving.scheduler import Scheduler
 from model_runtime.serving.sequence import Sequence
+from model_runtime.serving.structured import Guide, token_bitmasks
 from model_runtime.serving.text import TextAssembler
 
 
@@ -36,6 +37,7 @@ class EngineRequest:
     params: SamplingParams
     timeout: float | None = None
     arrival_time: float = field(default_factory=time.monotonic)
+    guides: list[Guide] | None = None  # structured output: one per choice, advanced as tokens are sampled
 
 
 @dataclass
@@ -96,6 +98,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, limits.max_num_seqs, limits.max_num_batched_tokens)
         self.runner = ModelRunner(model, limits.num_blocks, limits.block_size)
         self.requests: dict[str, _Request] = {}
+        self.guided_requests: set[str] = set()  # with structured output; while empty, steps skip the mask logic
         self._next_seq_id = 0
         self._reported = (0, 0, 0)  # preemptions, prefix queries, prefix hits already exported
 
@@ -112,6 +115,8 @@ class LLMEngine:
                 f"and max_tokens is {params.max_tokens}", "max_tokens" if len(prompt_ids) < limit else prompt_param)
         if any(t < 0 or t >= self.vocab_size for t in params.stop_token_ids):
             raise InvalidRequest(f"stop_token_ids must be in [0, {self.vocab_size})", "stop_token_ids")
+        if any(t < 0 or t >= self.vocab_size for t in params.logit_bias):
+            raise InvalidRequest(f"logit_bias token ids must be in [0, {self.vocab_size})", "logit_bias")
 
     def add_request(self, request: EngineRequest) -> None:
         if request.request_id in self.requests:
@@ -125,12 +130,15 @@ class LLMEngine:
                 generator = torch.Generator(device=self.runner.device).manual_seed(p.seed + index)
             seq = Sequence(self._next_seq_id, request.request_id, index, list(request.prompt_ids),
                            len(request.prompt_ids), p, TextAssembler(self.tokenizer, request.prompt_ids, p.stop),
-                           generator, arrival_time=request.arrival_time)
+                           generator, arrival_time=request.arrival_time,
+                           guide=request.guides[index] if request.guides else None)
             self._next_seq_id += 1
             self.scheduler.add(seq)
             seqs.append(seq)
         deadline = request.arrival_time + request.timeout if request.timeout is not None else None
         self.requests[request.request_id] = _Request(request, seqs, deadline)
+        if request.guides:
+            self.guided_requests.add(request.request_id)
 
     def has_work(self) -> bool:
         return bool(self.requests)
@@ -165,7 +173,8 @@ class LLMEngine:
                     state.scheduled_time = now
                 state.cached_tokens = max(state.cached_tokens, seq.num_cached_tokens)
             rows = [SampleRow(s.params, s.token_ids, s.num_prompt_tokens, s.generator) for s in samplers]
-            tokens, logprobs = sample(logits, rows) if samplers else ([], [])
+            masks = self._token_masks(samplers) if self.guided_requests else None
+            tokens, logprobs = sample(logits, rows, masks) if samplers else ([], [])
             intervals = []
             for seq, token, lp in zip(samplers, tokens, logprobs):
                 if seq.last_token_time is not None:
@@ -182,14 +191,22 @@ class LLMEngine:
         self._record_step()
         return outputs
 
+    def _token_masks(self, samplers: list[Sequence]) -> TokenMasks | None:
+        guided = [i for i, s in enumerate(samplers) if s.guide is not None]
+        return (guided, token_bitmasks([samplers[i].guide for i in guided], self.vocab_size)) if guided else None
+
     def _append_token(self, seq: Sequence, token: int) -> None:
         seq.token_ids.append(token)
         p = seq.params
         reason = None
+        if seq.guide is not None:
+            seq.guide.advance(token)
         if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
             reason = "stop"  # the stop token itself is not part of the text
         elif seq.text.append(token):
             return self.scheduler.finish(seq, "stop")  # the text was cut before the stop string
+        elif seq.guide is not None and seq.guide.done:
+            reason = "stop"  # the grammar is complete: nothing else may follow
         elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.limits.max_model_len:
             reason = "length"
         if reason is not None:
@@ -212,6 +229,7 @@ class LLMEngine:
         finished = state.finished
         if finished:
             del self.requests[req.request_id]
+            self.guided_requests.discard(req.request_id)
             if self.metrics is not None:
                 self.metrics.record_finished(
                     state.seqs[0].finish_reason or "abort", arrival=req.arrival_time, scheduled=state.scheduled_time,

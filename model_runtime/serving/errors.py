@@ -22,7 +22,8 @@ class APIError(Exception):
                  type_: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-        self.type = type_ or ("invalid_request_error" if status in (400, 401, 404) else _TYPES.get(status, "api_error"))
+        self.type = type_ or ("invalid_request_error" if status in (400, 401, 404, 413)
+                              else _TYPES.get(status, "api_error"))
 
     def response(self) -> JSONResponse:
         return JSONResponse(error_body(self.message, self.type, self.param, self.code), self.status, self.headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from tokenizers import Tokenizer
 
 from model_runtime.llama import LlamaConfig, LlamaForCausalLM, load_pretrained, resolve_dtype
 from model_runtime.tokenizer import DEFAULT_CHAT_TEMPLATE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,12 +43,20 @@ def _token_string(value: Any) -> str:
     return str(value) if value is not None else ""
 
 
-def pick_chat_template(tokenizer_config: dict[str, Any]) -> str:
+def pick_chat_template(directory: Path, tokenizer_config: dict[str, Any]) -> str:
+    """``chat_template.jinja`` (where current transformers saves it), else tokenizer_config.json's, else ours."""
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file() and jinja_file.read_text().strip():
+        return jinja_file.read_text()
     template = tokenizer_config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
-    return template if isinstance(template, str) and template.strip() else DEFAULT_CHAT_TEMPLATE
+    if isinstance(template, str) and template.strip():
+        return template
+    log.warning("%s has no chat template (chat_template.jinja or tokenizer_config.json's chat_template): chat "
+                "uses the plain <|role|> template", directory)
+    return DEFAULT_CHAT_TEMPLATE
 
 
 def load_model_dir(path: str | Path, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
@@ -66,7 +77,7 @@ def load_model_dir(path: str | Path, dtype: str = "auto", device: str = "cpu") -
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        chat_template=pick_chat_template(tok_config),
+        chat_template=pick_chat_template(directory, tok_config),
         eos_token_ids=eos,
         special_tokens={"bos_token": _token_string(tok_config.get("bos_token")),
                         "eos_token": _token_string(tok_config.get("eos_token"))},

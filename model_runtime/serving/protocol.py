@@ -1,7 +1,8 @@
 """Request and response bodies of the OpenAI-compatible API (pydantic), and their sampling parameters.
 
-Requests reject unknown fields, so a typo or an unsupported OpenAI option is a 400 naming the field rather
-than a silently ignored setting.
+Requests accept unknown fields and ignore them (logged), as vLLM does: SDKs and frameworks pass through fields
+such as ``metadata``, ``store`` or ``service_tier``. Known options that would change the result but are not
+supported (``best_of`` > 1, ``suffix``) are a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -22,15 +23,58 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 StopString = Annotated[str, Field(min_length=1)]
 
 
+MAX_PROMPTS = 64  # prompts in one batched /v1/completions request
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class StreamOptions(_Strict):
+class Lenient(BaseModel):
+    """Unknown fields are kept in ``model_extra`` (and reported by ``ignored_fields``), not rejected."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+
+class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class _SamplingFields(_Strict):
+class JSONSchemaFormat(Lenient):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("type json_schema needs json_schema.schema")
+        return self
+
+
+class StructuredOutputs(Lenient):
+    """vLLM's ``structured_outputs`` field: exactly one of these."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+LogitBias = dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Annotated[float, Field(ge=-100.0, le=100.0)]]
+
+
+class _SamplingFields(Lenient):
     """Fields shared by completions and chat completions."""
 
     model: str | None = Field(None, description="The served model name (see /v1/models); defaults to it.")
@@ -45,10 +89,19 @@ class _SamplingFields(_Strict):
     frequency_penalty: Penalty = 0.0
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     no_repeat_ngram_size: int = Field(0, ge=0, le=64)
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens less likely than min_p x the best one.")
+    logit_bias: LogitBias | None = Field(None, description="Token id (as a string) -> bias in [-100, 100] added "
+                                                           "to its logit.")
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    best_of: Literal[1] | None = Field(None, description="Only 1 (or absent) is supported.")
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = Field(None, description="A Lark grammar (llguidance's dialect).")
+    structured_outputs: StructuredOutputs | None = None
 
     def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -57,6 +110,7 @@ class _SamplingFields(_Strict):
             stop=stop, stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos, n=self.n,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
+            min_p=self.min_p, logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
             logprobs=logprobs)
 
 
@@ -64,28 +118,69 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Annotated[str, Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1, max_length=1)] \
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)] = Field(
-            ..., description="Text or token ids. A batch (a list) of exactly one prompt is also accepted.")
+    prompt: Annotated[str, Field(min_length=1)] | TokenIds \
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)] \
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_PROMPTS)] = Field(
+            ..., description="Text or token ids, or a batch (a list) of either; choice i*n+j answers prompt i.")
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    echo: Literal[False] = False
+    echo: bool = Field(False, description="Prepend the prompt to each choice's text (not with logprobs).")
+    suffix: None = Field(None, description="Not supported.")
+
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
 
-class TextContent(_Strict):
+class TextContent(Lenient):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Strict):
+class FunctionCall(Lenient):
+    name: str
+    arguments: str = Field("{}", description="The arguments as a JSON string.")
+
+
+class ToolCall(Lenient):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContent] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
+
+
+class FunctionDefinition(Lenient):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(Lenient):
+    name: str
+
+
+class NamedToolChoice(Lenient):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -95,12 +190,51 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="Extra variables for the chat template.")
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> "ChatCompletionRequest":
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
+
+
+class TokenizeRequest(Lenient):
+    """vLLM's /tokenize: either ``prompt`` (text) or ``messages`` (rendered with the chat template first)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    tools: list[Tool] | None = None
+    add_special_tokens: bool | None = Field(None, description="Default: true for prompt, false for messages.")
+    add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "TokenizeRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(Lenient):
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class PredictRequest(_Strict):
@@ -156,9 +290,21 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob] = []
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -175,27 +321,6 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-
-
-class DeltaMessage(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: DeltaMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):

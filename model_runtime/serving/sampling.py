@@ -1,8 +1,9 @@
 """Sampling parameters and the batched sampler.
 
 Order of logit processing (as in vLLM and transformers): repetition penalty (prompt and output tokens),
-frequency and presence penalties (output tokens, OpenAI's definition), no-repeat n-gram bans, then
-temperature, top-k and top-p, then a draw. The draw uses the exponential-race form
+frequency and presence penalties (output tokens, OpenAI's definition), no-repeat n-gram bans, logit bias,
+the structured-output grammar's token mask (only for the rows that have one), then temperature, top-k, top-p
+and min-p, then a draw. The draw uses the exponential-race form
 ``argmax(p / E), E ~ Exp(1)`` so that each seeded request gets its noise from its own generator and is
 reproducible whatever else shares the batch. Logprobs are those of the model's raw distribution.
 """
@@ -15,6 +16,7 @@ import torch
 
 MAX_LOGPROBS = 20
 _MIN_TEMPERATURE = 1e-5
+_BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
 
 
 @dataclass
@@ -32,6 +34,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    min_p: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None  # number of top alternatives to return with each token's logprob
 
     def __post_init__(self) -> None:
@@ -45,6 +49,7 @@ class SamplingParams:
             "frequency_penalty": -2 <= self.frequency_penalty <= 2,
             "repetition_penalty": self.repetition_penalty > 0,
             "no_repeat_ngram_size": self.no_repeat_ngram_size >= 0,
+            "min_p": 0 <= self.min_p <= 1,
             "logprobs": self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -79,15 +84,32 @@ class SampleRow:
     generator: torch.Generator | None
 
 
-def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """logits: [batch, vocab] (one row per sequence that samples this step). Returns token ids and logprobs."""
+TokenMasks = tuple[list[int], torch.Tensor]  # rows, and their allowed tokens as an int32 bitmask [rows, words]
+
+
+def sample(logits: torch.Tensor, rows: list[SampleRow], masks: TokenMasks | None = None) \
+        -> tuple[list[int], list[TokenLogprobs | None]]:
+    """logits: [batch, vocab] (one row per sequence that samples this step). Returns token ids and logprobs.
+
+    ``masks`` (structured output) restricts the rows it names to the tokens whose bits are set."""
     logits = logits.float()
     want_logprobs = any(r.params.logprobs is not None for r in rows)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-    if any(r.params.penalized or r.params.no_repeat_ngram_size for r in rows):
-        logits = logits.clone()
+    penalized = any(r.params.penalized or r.params.no_repeat_ngram_size for r in rows)
+    biased = any(r.params.logit_bias for r in rows)
+    if penalized or biased or masks:
+        logits = logits.clone()  # the model's output is an inference tensor, not to be edited in place
+    if penalized:
         for i, row in enumerate(rows):
             _apply_penalties(logits[i], row)
+    if biased:
+        for i, row in enumerate(rows):
+            if row.params.logit_bias:
+                ids = torch.tensor(list(row.params.logit_bias), dtype=torch.long, device=logits.device)
+                values = torch.tensor(list(row.params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+                logits[i].index_add_(0, ids, values)
+    if masks:
+        _apply_masks(logits, *masks)
     tokens = _draw(logits, rows)
     logprobs: list[TokenLogprobs | None] = [None] * len(rows)
     if raw_logprobs is not None:
@@ -116,6 +138,14 @@ def _apply_penalties(logits: torch.Tensor, row: SampleRow) -> None:
         banned = banned_ngram_tokens(row.token_ids, p.no_repeat_ngram_size)
         if banned:
             logits[list(banned)] = float("-inf")
+
+
+def _apply_masks(logits: torch.Tensor, guided: list[int], bitmask: torch.Tensor) -> None:
+    """Disallowed tokens of the guided rows -> -inf; the other rows are not touched."""
+    vocab = logits.shape[1]
+    allowed = ((bitmask.unsqueeze(-1) >> _BIT_SHIFTS) & 1).view(len(guided), -1)[:, :vocab].bool()
+    index = torch.tensor(guided, dtype=torch.long, device=logits.device)
+    logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
 
 
 def banned_ngram_tokens(tokens: list[int], n: int) -> set[int]:
@@ -150,6 +180,10 @@ def _draw(logits: torch.Tensor, rows: list[SampleRow]) -> list[int]:
     if any(p < 1.0 for p in top_ps):
         scaled = _top_p(scaled, torch.tensor(top_ps, device=device))
     probs = torch.softmax(scaled, dim=-1)
+    min_ps = [r.params.min_p for r in rows]
+    if any(min_ps):  # keep tokens at least min_p times as likely as the best one
+        floor = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_ps, device=device).unsqueeze(1)
+        probs = probs.masked_fill(probs < floor, 0.0)
     noise = torch.empty_like(probs).exponential_()
     for i, row in enumerate(rows):
         if row.generator is not None and not greedy[i]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model_runtime.serving.sampling import SamplingParams
+from model_runtime.serving.structured import Guide
 from model_runtime.serving.text import TextAssembler
 
 
@@ -32,11 +33,12 @@ class Sequence:
     generator: torch.Generator | None = None
     arrival_time: float = 0.0
     deadline: float | None = None
+    guide: Guide | None = None  # structured output
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
-    block_hashes: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)
     finish_reason: str | None = None
     # Timestamps for the metrics (monotonic seconds).
     first_scheduled_time: float | None = None

@@ -11,17 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import torch
 
 from model_runtime.artifact import save_model_dir
-from model_runtime.llama import LlamaConfig, LlamaForCausalLM
+from model_runtime.llama import LlamaConfig, LlamaForCausalLM, load_pretrained
 from model_runtime.serving.api import create_app
 from model_runtime.serving.config import ServeConfig
 from model_runtime.serving.server import make_server
 from model_runtime.tokenizer import byte_tokenizer
 
 MODEL_NAME = "tiny"
+TOKENIZER = byte_tokenizer()
 
 
 def tiny_config(**overrides) -> LlamaConfig:
@@ -42,6 +44,25 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("models") / MODEL_NAME
     save_model_dir(tiny_model(), byte_tokenizer(), target)
     return target
+
+
+@pytest.fixture(scope="module")
+def reference_model(model_dir):
+    return load_pretrained(model_dir, dtype=torch.float32)
+
+
+def greedy_text(model, prompt: str, max_tokens: int) -> str:
+    """The plain uncached greedy continuation, to compare the server's output with."""
+    ids = TOKENIZER.encode(prompt).ids
+    start = len(ids)
+    with torch.inference_mode():
+        for _ in range(max_tokens):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return TOKENIZER.decode(ids[start:])
+
+
+def client(server, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=kwargs.pop("api_key", "unused"), max_retries=0, **kwargs)
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02, message: str = "condition"):

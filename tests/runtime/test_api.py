@@ -8,32 +8,8 @@ import json
 import httpx
 import openai
 import pytest
-import torch
 
-from model_runtime.llama import load_pretrained
-from model_runtime.tokenizer import byte_tokenizer
-
-from conftest import MODEL_NAME, running_server, wait_until
-
-TOKENIZER = byte_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def reference_model(model_dir):
-    return load_pretrained(model_dir, dtype=torch.float32)
-
-
-def greedy_text(model, prompt: str, max_tokens: int) -> str:
-    ids = TOKENIZER.encode(prompt).ids
-    start = len(ids)
-    with torch.inference_mode():
-        for _ in range(max_tokens):
-            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    return TOKENIZER.decode(ids[start:])
-
-
-def client(server, **kwargs) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=kwargs.pop("api_key", "unused"), max_retries=0, **kwargs)
+from conftest import MODEL_NAME, client, greedy_text, running_server, wait_until
 
 
 def test_openai_client_completions_stream_and_not(server, reference_model) -> None:

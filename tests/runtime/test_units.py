@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.serving.block_manager import BlockManager
+import hashlib
+from array import array
+
+from model_runtime.serving.block_manager import ROOT_KEY, BlockManager, block_key
 from model_runtime.serving.cli import parse_config
 from model_runtime.serving.config import ServeConfig, parse_bytes, plan_kv_cache
 from model_runtime.serving.sampling import SampleRow, SamplingParams, banned_ngram_tokens, sample
@@ -44,6 +47,19 @@ class TestBlockManager:
         assert [bm.ref_counts[x] for x in b.block_table] == [1, 1]
         bm.free(b)
         assert bm.num_free_blocks == 8 and bm.usage == 0.0
+
+    def test_block_keys_are_sha256_chained_over_the_whole_prefix(self) -> None:
+        bm = BlockManager(num_blocks=8, block_size=4)
+        compute(bm, a := seq(1, list(range(12))), 12)
+        first = hashlib.sha256(array("q", [0, 1, 2, 3]).tobytes()).digest()
+        second = hashlib.sha256(first + array("q", [4, 5, 6, 7]).tobytes()).digest()
+        assert a.block_hashes[:2] == [first, second] and len(second) == 32
+        assert bm.hash_to_block[second] == a.block_table[1]
+        # The same four tokens after a different prefix are a different block: keys cover the whole prefix.
+        other = block_key(block_key(ROOT_KEY, (9, 9, 9, 9)), (4, 5, 6, 7))
+        assert other != second and other not in bm.hash_to_block
+        b = seq(2, [9, 9, 9, 9, 4, 5, 6, 7, 1])
+        assert bm.match_prefix(b) == 0
 
     def test_last_token_is_never_taken_from_cache(self) -> None:
         bm = BlockManager(num_blocks=8, block_size=4)
