@@ -30,17 +30,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN groupadd --gid 65532 modelfleet \
     && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin modelfleet
-# Dependencies first, in a layer of their own that only a change of pins rebuilds: torch with its CUDA libraries,
-# then the pinned closure of modelfleet's other dependencies (images/constraints.txt), each exactly as pinned.
-COPY images/constraints.txt /tmp/requirements/constraints.txt
-RUN pip install -c /tmp/requirements/constraints.txt "torch==${TORCH_VERSION}" \
+# Dependencies first, in layers of their own: torch with its CUDA libraries (torch pins those exactly; this layer
+# changes only with TORCH_VERSION and TORCH_VARIANT), then the pinned closure of modelfleet's other dependencies
+# (images/constraints.txt, which also re-pins torch's pure-Python requirements), each exactly as pinned.
+RUN pip install "torch==${TORCH_VERSION}" \
     && case "${TORCH_VARIANT}" in \
       cpu) pip uninstall -y triton nvidia-cusolver ;; \
       cuda) ;; \
       *) echo "TORCH_VARIANT must be cpu or cuda, not ${TORCH_VARIANT}" >&2; exit 2 ;; \
-    esac \
-    && pip install --no-deps -r /tmp/requirements/constraints.txt \
-    && rm -rf /tmp/requirements
+    esac
+COPY images/constraints.txt /tmp/requirements/constraints.txt
+RUN pip install --no-deps -r /tmp/requirements/constraints.txt && rm -rf /tmp/requirements
 # The project's own code last: a code change rebuilds only this small layer.
 COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
