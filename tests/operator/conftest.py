@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def crds(cluster: LocalCluster) -> list[str]:
     files = sorted((REPO / "crds").glob("*.yaml"))
     for file in files:
-        cluster.kubectl("apply", "--server-side", "-f", str(file))
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(file))  # the chart may have made them
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     return [f.name for f in files]
 
@@ -38,6 +38,7 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # what it was started with
 
     @property
     def metrics_url(self) -> str:
@@ -54,6 +55,7 @@ class OperatorProcess:
         if runtime_image:  # the image built from images/runtime.Dockerfile, loaded into the real node
             env |= {"MODELFLEET_TRAINER_IMAGE": runtime_image, "MODELFLEET_RUNTIME_IMAGE": runtime_image}
         env |= self.extra_env
+        self.env = env
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator"], env=env,
                                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

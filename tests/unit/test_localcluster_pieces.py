@@ -153,3 +153,24 @@ def test_image_tags_follow_the_build_context(tmp_path: Path) -> None:
     after = builder.refs()
     assert after["runtime"] != before["runtime"] and after["operator"] != before["operator"]
     assert after["pause"] == before["pause"]
+
+
+def test_the_real_node_says_it_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realnode.os, "geteuid", lambda: 1000)
+    with pytest.raises(RuntimeError, match=r"needs root .* --no-real-node"):
+        realnode.RealNode.check_host()
+
+
+def test_a_second_real_node_on_the_machine_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realnode, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(realnode, "OWNER_FILE", tmp_path / "run" / "owner")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    node = realnode.RealNode(tmp_path / "node", tmp_path, tmp_path)
+    node.claim(first)
+    (first / "state.json").write_text("{}")  # the first cluster is running
+    with pytest.raises(RuntimeError, match=f"another local cluster's real node is running \\({first}\\)"):
+        node.claim(second)
+    (first / "state.json").unlink()  # stopped: its claim is stale
+    node.claim(second)
+    assert (tmp_path / "run" / "owner").read_text() == str(second)

@@ -104,7 +104,8 @@ def test_create_renders_children_exactly_and_becomes_ready(cluster: Any, kube: K
     assert obj is not None
     spec = parse_spec(obj["spec"])
     ctx = RenderContext("tiny", namespace, obj["metadata"]["uid"], ResolvedModel("pvc://models/tiny", DIGEST_1),
-                        Strategy(1, 0), OperatorConfig().runtime_image, OperatorConfig().image_pull_policy)
+                        Strategy(1, 0), OperatorConfig.from_env(operator.env).runtime_image,
+                        OperatorConfig.from_env(operator.env).image_pull_policy)
     expected = render_children(spec, ctx)
     assert [c["kind"] for c in expected] == ["Service", "Deployment", "PodDisruptionBudget"]
     for child in expected:

@@ -177,7 +177,7 @@ def test_a_job_created_suspended_runs_once_another_controller_admits_it(jobs: Jo
     admit = {"spec": {"runPolicy": {"suspend": False}, "nodeSelector": {"nvidia.com/gpu.present": "true"}}}
     jobs.kubectl("patch", "trainingjob", "queued", "--type", "merge", "-p", json.dumps(admit))
     pods = jobs.wait_running_pods("queued", 2)
-    assert all(p["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"} for p in pods)
+    assert all(p["spec"]["nodeSelector"]["nvidia.com/gpu.present"] == "true" for p in pods)
     assert all(p["spec"]["nodeName"].startswith("gpu-node-") for p in pods)
 
 
