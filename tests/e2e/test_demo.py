@@ -5,6 +5,8 @@ PersistentVolumeClaim, the model handed to a ModelDeployment, and the openai cli
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,17 @@ from modelfleet.localcluster.realnode import NODE_NAME
 pytestmark = pytest.mark.cluster
 
 
-def test_whole_lifecycle_on_real_containers(cluster: LocalCluster) -> None:
+@pytest.fixture
+def demo_namespaces(cluster: LocalCluster) -> Iterator[None]:
+    """The demo installs the chart's operator, which watches every namespace: uninstall it afterwards, or it
+    would reconcile the other tests' resources next to their own operator."""
+    yield
+    subprocess.run([str(cluster.bin_dir / "helm"), "--kubeconfig", cluster.kubeconfig, "uninstall", "modelfleet",
+                    "--namespace", demo.OPERATOR_NAMESPACE, "--wait", "--timeout", "60s"], capture_output=True, timeout=90)
+    cluster.kubectl("delete", "namespace", demo.NAMESPACE, demo.OPERATOR_NAMESPACE, "--wait=false", check=False)
+
+
+def test_whole_lifecycle_on_real_containers(cluster: LocalCluster, demo_namespaces: None) -> None:
     lines: list[str] = []
     result = demo.run(cluster, steps=20, nodes=2, say=lines.append, timeout=600)
 

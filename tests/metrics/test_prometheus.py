@@ -113,7 +113,7 @@ def test_operator_metrics_reach_prometheus_and_the_dashboard(operator: OperatorP
         # A retryable failure: the operator restarts the whole gang, which the restarts counter records.
         jobs.end_pod(first[0]["metadata"]["name"], 1)
         jobs.wait_running_pods(name, 2, attempt=1, timeout=60)
-        wait_for(lambda: prometheus.query("sum(modelfleet_operator_restarts_total)"), timeout=60,
+        wait_for(lambda: prometheus.query("sum(modelfleet_operator_restarts_total)"), timeout=30,
                  what="the gang restart in modelfleet_operator_restarts_total")
         wait_for(lambda: [s for s in prometheus.query('modelfleet_operator_pods_created_total{kind="TrainingJob"}')
                           if float(s["value"][1]) >= 4],
