@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cluster = LocalCluster(args.dir / "cluster", say=print)
     start = time.monotonic()
-    print("starting the local cluster (the first run builds Kubernetes and the images: ~25 minutes)")
+    print("starting the local cluster (the first run builds Kubernetes and the images: 30-40 minutes)")
     cluster.up(timeout=300)
     print(f"local cluster up in {time.monotonic() - start:.0f}s; KUBECONFIG={cluster.kubeconfig}")
     try:
