@@ -105,9 +105,14 @@ class ImageBuilder:
         return {"pause": self.pause_ref(), **{name: self.ref(name) for name in DOCKERFILE_IMAGES}}
 
     # -- buildah -------------------------------------------------------------------------------------
+    @property
+    def _buildah_command(self) -> list[str]:
+        """buildah with its storage under the store, not the machine's /var/lib/containers."""
+        return ["buildah", "--root", str(self.store / "storage"), "--runroot", str(self.store / "run"),
+                "--storage-driver", "overlay"]
+
     def buildah(self, *args: str, capture: bool = True, input: bytes | None = None) -> str:  # noqa: A002
-        command = ["buildah", "--root", str(self.store / "storage"), "--runroot", str(self.store / "run"),
-                   "--storage-driver", "overlay", *args]
+        command = [*self._buildah_command, *args]
         result = subprocess.run(command, input=input, stdout=subprocess.PIPE if capture else None,
                                 stderr=subprocess.PIPE if capture else None)
         if result.returncode != 0:
@@ -116,8 +121,7 @@ class ImageBuilder:
         return (result.stdout or b"").decode().strip()
 
     def exists(self, ref: str) -> bool:
-        return subprocess.run(["buildah", "--root", str(self.store / "storage"), "--runroot", str(self.store / "run"),
-                               "--storage-driver", "overlay", "inspect", "--type", "image", ref],
+        return subprocess.run([*self._buildah_command, "inspect", "--type", "image", ref],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
     def build_all(self) -> dict[str, str]:
