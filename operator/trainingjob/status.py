@@ -206,12 +206,22 @@ class _Decider:
         """This attempt's pods by rank; any other pod of the job (older attempt, older job, terminating) is stale."""
         return {p.rank: p for p in self.pods if self.ours(spec, p) and not p.deleting}  # type: ignore[misc]
 
-    def disrupted(self, spec: JobSpec) -> list[PodState]:
-        """Pods of this attempt that something other than this controller is taking away: evicted, preempted or
-        drained (the DisruptionTarget condition), or deleted while running. This controller deletes pods of the
+    def disrupted(self, spec: JobSpec, pods: dict[int, PodState]) -> list[str]:
+        """Why pods of this attempt are being taken away by something other than this controller: evicted,
+        preempted or drained (the DisruptionTarget condition), deleted while running, or gone altogether (seen in
+        this attempt by an earlier pass, status.nodes, and missing now). This controller deletes pods of the
         current attempt only when the job finishes or is suspended, which return before this is asked."""
-        return sorted((p for p in self.pods if self.ours(spec, p) and p.phase != "Succeeded"
-                       and (p.deleting or p.disruption)), key=lambda p: p.rank or 0)
+        causes = []
+        for p in sorted(self.pods, key=lambda p: p.rank or 0):
+            if self.ours(spec, p) and p.phase != "Succeeded" and (p.deleting or p.disruption):
+                where = f" on {p.node}" if p.node else ""
+                why = f"disrupted ({p.disruption})" if p.disruption else "deleted while running"
+                causes.append(f"pod {p.name}{where} was {why}")
+        present = {p.rank for p in self.pods if self.ours(spec, p)}
+        for node in self.old.get("nodes") or []:
+            if node.get("phase") in ("Pending", "Running") and node.get("rank") not in present and node.get("rank") not in pods:
+                causes.append(f"pod {node.get('pod')} was deleted while running (it is gone)")
+        return causes
 
     @property
     def counted_restarts(self) -> int:
@@ -255,7 +265,7 @@ class _Decider:
 
         pods = self.current(spec)
         rank0_done = pods.get(0) is not None and pods[0].phase == "Succeeded"
-        disrupted = [] if rank0_done else self.disrupted(spec)
+        disrupted = [] if rank0_done else self.disrupted(spec, pods)
         if disrupted:
             self.handle_disruption(spec, pods, disrupted)
             return self.plan
@@ -335,16 +345,15 @@ class _Decider:
         self.status["restartCount"] = self.attempt
         self.plan.restart_reason = metric_reason
         self.plan.delete_pods = [p.name for p in pods.values()]
+        self.status["nodes"] = self.node_states(spec, {})  # the next attempt's pods are yet to be seen
         self.condition("Restarting", True, reason, message)
         self.condition("Running", False, "Restarting", "the pods are being recreated")
         self.status["phase"] = RESTARTING
         self.event("Warning", "Restarting", message)
 
-    def handle_disruption(self, spec: JobSpec, pods: dict[int, PodState], disrupted: list[PodState]) -> None:
+    def handle_disruption(self, spec: JobSpec, pods: dict[int, PodState], causes: list[str]) -> None:
         """Eviction, preemption, drain or deletion: restart the gang without counting against backoffLimit."""
-        pod = disrupted[0]
-        why = f"disrupted ({pod.disruption})" if pod.disruption else "deleted while running"
-        cause = f"pod {pod.name}" + (f" on {pod.node}" if pod.node else "") + f" was {why}"
+        cause = causes[0]
         self.disruptions += 1
         self.status["disruptions"] = self.disruptions
         self.event("Warning", "Disrupted", cause)

@@ -128,3 +128,18 @@ def test_a_failed_pods_termination_message_becomes_its_last_log_lines() -> None:
     (failure,) = plan.status["failures"]
     assert failure["lastLogLines"] == log[-20:] and failure["lastLogLines"][-1] == "RuntimeError: boom"
     assert plan.new_failures[0] is failure  # the handler may still replace them with the pod log's own tail
+
+
+def test_a_pod_that_vanished_while_running_is_a_disruption() -> None:
+    """Deleted with no grace period (or its node gone): no terminating pod to see, only a rank seen before and
+    missing now."""
+    job = job_with(backoffLimit=0)
+    seen = decide(job, [make_pod(job, 0), make_pod(job, 1)], NOW)
+    plan = decide(job_with(dict(seen.status), backoffLimit=0), [make_pod(job, 0)], later(1))
+    assert plan.status["phase"] == "Restarting" and plan.status["disruptions"] == 1
+    assert plan.delete_pods == ["tj-node-0"] and plan.create_pods == []
+    assert "pod tj-node-1 was deleted while running (it is gone)" in cond(plan, "Restarting")["message"]
+    # Ranks never seen (a first creation in progress) are simply created.
+    fresh = make_job(status={"phase": "Pending", "restartCount": 0, "nodes": [
+        {"rank": 0, "pod": "tj-node-0", "phase": "Missing"}, {"rank": 1, "pod": "tj-node-1", "phase": "Missing"}]})
+    assert decide(fresh, [make_pod(fresh, 0, phase="Pending")], NOW).create_pods == [1]
