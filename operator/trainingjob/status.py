@@ -372,7 +372,9 @@ class _Decider:
         if seen.get("attempt") != self.attempt or seen.get("step") != step:
             if seen.get("attempt") == self.attempt and self.has_condition("Stalled"):
                 self.condition("Stalled", False, "Progressing", f"step {step} reported")
-            self.status["lastProgress"] = {"attempt": self.attempt, "step": step, "time": iso(self.now)}
+            # No "step": null (a merge patch would drop it, and every pass would write it again).
+            self.status["lastProgress"] = {"attempt": self.attempt, "time": iso(self.now),
+                                           **({"step": step} if step is not None else {})}
             self.plan.requeue(limit)
             return False
         since = parse_time(seen.get("time")) or self.now

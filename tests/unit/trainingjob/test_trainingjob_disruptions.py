@@ -143,3 +143,20 @@ def test_a_pod_that_vanished_while_running_is_a_disruption() -> None:
     fresh = make_job(status={"phase": "Pending", "restartCount": 0, "nodes": [
         {"rank": 0, "pod": "tj-node-0", "phase": "Missing"}, {"rank": 1, "pod": "tj-node-1", "phase": "Missing"}]})
     assert decide(fresh, [make_pod(fresh, 0, phase="Pending")], NOW).create_pods == [1]
+
+
+def test_a_job_that_never_reports_stalls_from_when_its_pods_ran() -> None:
+    job = job_with(progressDeadlineSeconds=30)
+    pods = [make_pod(job, 0), make_pod(job, 1)]
+    armed = decide(job, pods, NOW)
+    assert armed.status["lastProgress"] == {"attempt": 0, "time": "2030-01-01T12:00:00Z"}  # no step key to drop
+    again = decide(job_with(armed.status, progressDeadlineSeconds=30), pods, later(10))
+    assert again.status["lastProgress"] == armed.status["lastProgress"] and again.requeue_after == 20
+    stalled = decide(job_with(armed.status, progressDeadlineSeconds=30), pods, later(31))
+    assert "no step reported since 2030-01-01T12:00:00Z" in cond(stalled, "Stalled")["message"]
+
+
+def test_suspension_resets_the_progress_clock() -> None:
+    job = job_with({"lastProgress": {"attempt": 0, "step": 3, "time": "2030-01-01T11:00:00Z"}},
+                   progressDeadlineSeconds=30, suspend=True)
+    assert "lastProgress" not in decide(job, [], NOW).status
