@@ -206,7 +206,7 @@ class _Decider:
         """This attempt's pods by rank; any other pod of the job (older attempt, older job, terminating) is stale."""
         return {p.rank: p for p in self.pods if self.ours(spec, p) and not p.deleting}  # type: ignore[misc]
 
-    def disrupted(self, spec: JobSpec, pods: dict[int, PodState]) -> list[str]:
+    def disrupted(self, spec: JobSpec) -> list[str]:
         """Why pods of this attempt are being taken away by something other than this controller: evicted,
         preempted or drained (the DisruptionTarget condition), deleted while running, or gone altogether (seen in
         this attempt by an earlier pass, status.nodes, and missing now). This controller deletes pods of the
@@ -219,7 +219,7 @@ class _Decider:
                 causes.append(f"pod {p.name}{where} was {why}")
         present = {p.rank for p in self.pods if self.ours(spec, p)}
         for node in self.old.get("nodes") or []:
-            if node.get("phase") in ("Pending", "Running") and node.get("rank") not in present and node.get("rank") not in pods:
+            if node.get("phase") in ("Pending", "Running") and node.get("rank") not in present:
                 causes.append(f"pod {node.get('pod')} was deleted while running (it is gone)")
         return causes
 
@@ -265,7 +265,7 @@ class _Decider:
 
         pods = self.current(spec)
         rank0_done = pods.get(0) is not None and pods[0].phase == "Succeeded"
-        disrupted = [] if rank0_done else self.disrupted(spec, pods)
+        disrupted = [] if rank0_done else self.disrupted(spec)
         if disrupted:
             self.handle_disruption(spec, pods, disrupted)
             return self.plan

@@ -106,17 +106,22 @@ def test_a_hung_user_program_is_marked_stalled_and_restarted(cluster: LocalClust
 
 def test_a_deleted_and_an_evicted_trainer_pod_resume_from_their_sigterm_checkpoint_without_using_backoff(
         cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> None:
+    """Compared with the same job left alone: the same weights, to the bit."""
     store = claim(cluster, namespace, "store")
     (store / "data").mkdir()
     (store / "data" / "corpus.txt").write_bytes((REPO_ROOT / "examples" / "data" / "corpus.txt").read_bytes())
     steps, every = 400, 1000  # periodic checkpoints never happen: only the SIGTERM handler's
-    apply(cluster, namespace, job(
-        "disrupted", model={"preset": "tiny"}, tokenizer={"type": "byte"},
-        data={"uri": "pvc://store/data/corpus.txt", "format": "text"},
-        training={"steps": steps, "globalBatchSize": 8, "sequenceLength": 64, "logEvery": 5, "seed": 0},
-        checkpoint={"uri": "pvc://store/checkpoints", "every": every, "keep": 2},
-        output={"uri": "pvc://store/models/disrupted"}, nodes=1, resources=SMALL,
-        runPolicy={"backoffLimit": 0, "terminationGracePeriodSeconds": 60}))
+
+    def trained(name: str) -> dict:
+        return job(name, model={"preset": "tiny"}, tokenizer={"type": "byte"},
+                   data={"uri": "pvc://store/data/corpus.txt", "format": "text"},
+                   training={"steps": steps, "globalBatchSize": 8, "sequenceLength": 64, "logEvery": 5, "seed": 0},
+                   checkpoint={"uri": f"pvc://store/checkpoints-{name}", "every": every, "keep": 2},
+                   output={"uri": f"pvc://store/models/{name}"}, nodes=1, resources=SMALL,
+                   env=[{"name": "OMP_NUM_THREADS", "value": "2"}],
+                   runPolicy={"backoffLimit": 0, "terminationGracePeriodSeconds": 60})
+
+    apply(cluster, namespace, trained("disrupted"), trained("reference"))  # the same run, left alone
 
     def step() -> int:
         return (status(cluster, namespace, "disrupted").get("progress") or {}).get("step", 0)
@@ -153,3 +158,6 @@ def test_a_deleted_and_an_evicted_trainer_pod_resume_from_their_sigterm_checkpoi
                                         "involvedObject.name=disrupted", "-o", "json").stdout)["items"]
     disrupted = [e["message"] for e in events if e["reason"] == "Disrupted"]
     assert any("deleted while running" in m for m in disrupted) and any("EvictionByEvictionAPI" in m for m in disrupted)
+    reference = finished(cluster, namespace, "reference", timeout=300)
+    assert reference["phase"] == "Succeeded" and reference["restartCount"] == 0
+    assert final["outputs"]["model"]["digest"] == reference["outputs"]["model"]["digest"]  # no work lost or redone
