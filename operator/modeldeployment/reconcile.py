@@ -21,6 +21,7 @@ from modelfleet_operator.conditions import now_iso
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.modeldeployment import capacity
 from modelfleet_operator.modeldeployment import status as mdstatus
+from modelfleet_operator.modeldeployment.autoscaling import hpa_name
 from modelfleet_operator.modeldeployment.kube import Kube, is_not_found, namespace_terminating
 from modelfleet_operator.modeldeployment.render import (
     KEDA_CRD,
@@ -120,7 +121,10 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Out
                 _delete_owned(kube, kind, namespace, name, meta["uid"])
         pods = kube.list_objects("Pod", namespace, label_selector=labels.selector(labels.runtime_labels(name)))
         obs = replace(obs, strategy=strategy, deployment=applied["Deployment"],
-                      failures=_with_logs(kube, namespace, mdstatus.pod_failures(pods), old))
+                      failures=_with_logs(kube, namespace, mdstatus.pod_failures(pods), old),
+                      autoscaling=spec.autoscaling,
+                      autoscaler=kube.get("HorizontalPodAutoscaler", namespace, hpa_name(name, keda))
+                      if spec.autoscaling else None)
     return _finish(kube, obj, obs, old)
 
 
