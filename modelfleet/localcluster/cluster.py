@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from modelfleet.localcluster import hostnet, processes
+from modelfleet.localcluster import audit, hostnet, processes
 from modelfleet.localcluster.binaries import KWOK_CONFIG, cache_dir, ensure_binaries
 from modelfleet.localcluster.nodes import fake_nodes
 from modelfleet.localcluster.pki import Pki, create_pki
@@ -94,6 +94,11 @@ class LocalCluster:
         return str(self.directory / "kubeconfig")
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: ServiceAccounts' requests at Metadata level (see audit.py)."""
+        return self.directory / "logs" / "audit.log"
+
+    @property
     def state_file(self) -> Path:
         return self.directory / "state.json"
 
@@ -136,6 +141,7 @@ class LocalCluster:
         if self.real_node:
             self._prepare_real_node(state)
         create_pki(self.directory / "pki")
+        audit.write_policy(self.directory / "audit-policy.json")
         self._write_kubeconfigs(state.ports["kube-apiserver"])
         deadline = time.monotonic() + timeout
         try:
@@ -236,7 +242,8 @@ class LocalCluster:
                     f"--kubelet-certificate-authority={pki.ca_cert}",
                     # never resolve the node's name through this machine's resolver
                     "--kubelet-preferred-address-types=InternalIP",
-                    f"--cert-dir={d / 'pki' / 'apiserver'}"]
+                    f"--cert-dir={d / 'pki' / 'apiserver'}",
+                    *audit.apiserver_flags(d / "audit-policy.json", self.audit_log)]
         if name == "kube-controller-manager":
             kc = str(d / "controller-manager.kubeconfig")
             return [str(bins / "kube-controller-manager"), f"--kubeconfig={kc}",
