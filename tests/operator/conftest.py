@@ -50,7 +50,8 @@ class OperatorProcess:
 
     def start(self, timeout: float = 60) -> None:
         env = {**self.cluster.env, "MODELFLEET_METRICS_PORT": str(self.metrics_port),
-               "MODELFLEET_HEALTH_PORT": str(self.health_port), "PYTHONUNBUFFERED": "1"}
+               "MODELFLEET_HEALTH_PORT": str(self.health_port), "PYTHONUNBUFFERED": "1",
+               "MODELFLEET_METRICS_ADDRESS": "127.0.0.1", "MODELFLEET_HEALTH_ADDRESS": "127.0.0.1"}
         runtime_image = getattr(self.cluster, "images", {}).get("runtime")
         if runtime_image:  # the image built from images/runtime.Dockerfile, loaded into the real node
             env |= {"MODELFLEET_TRAINER_IMAGE": runtime_image, "MODELFLEET_RUNTIME_IMAGE": runtime_image}
