@@ -53,6 +53,7 @@ def test_operator_deployment(helm: Helm) -> None:
     assert env_of(deployment) == {
         "MODELFLEET_TRAINER_IMAGE": WORKLOAD_IMAGE, "MODELFLEET_RUNTIME_IMAGE": WORKLOAD_IMAGE,
         "MODELFLEET_IMAGE_PULL_POLICY": "IfNotPresent", "MODELFLEET_METRICS_PORT": "8080", "MODELFLEET_HEALTH_PORT": "8081",
+        "MODELFLEET_METRICS_ADDRESS": "0.0.0.0", "MODELFLEET_HEALTH_ADDRESS": "0.0.0.0",
         "MODELFLEET_ALLOW_HOST_PATHS": "false", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http-metrics": 8080, "health": 8081}
