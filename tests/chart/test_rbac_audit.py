@@ -131,6 +131,8 @@ SCENARIOS: list[Callable[[Scene], None]] = [
 
 @dataclass
 class Audit:
+    namespace: str  # of the operator's ServiceAccount
+    account: str
     rules: list[dict[str, Any]]  # the rendered ClusterRole the operator ran with
     requests: list[Request]  # everything the operator asked the API server
     implied: set[Permission]  # permissions the API server checks without a request of their own
@@ -183,7 +185,8 @@ def audit(cluster: LocalCluster, crds: list[str], jobs: Jobs, helm: Helm,  # noq
             scenario(scene)
         operator.stop()
         requests = requests_of(cluster.audit_log, f"system:serviceaccount:{home}:{account}")
-        yield Audit(one(objects, "ClusterRole")["rules"], requests, implied_by(cluster, jobs.namespace, requests))
+        implied = implied_by(cluster, jobs.namespace, requests)
+        yield Audit(home, account, one(objects, "ClusterRole")["rules"], requests, implied)
     finally:
         operator.stop()
         for obj in objects:
@@ -200,6 +203,12 @@ def test_the_operator_was_refused_nothing(audit: Audit) -> None:
     assert audit.requests, "no request of the operator's ServiceAccount in the audit log"
     refused = {(r.group, r.resource, r.verb) for r in audit.requests if r.code == 403}
     assert not refused, f"the API server refused the operator:\n{table(refused)}"
+
+
+def test_the_audit_log_holds_only_service_accounts_outside_kube_system(cluster: LocalCluster, audit: Audit) -> None:
+    users = {json.loads(line)["user"]["username"] for line in cluster.audit_log.read_text().splitlines()}
+    assert f"system:serviceaccount:{audit.namespace}:{audit.account}" in users
+    assert all(u.startswith("system:serviceaccount:") and ":kube-system:" not in u for u in users), users
 
 
 def test_the_chart_grants_exactly_what_the_operator_used(audit: Audit) -> None:
