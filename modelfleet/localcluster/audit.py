@@ -42,6 +42,7 @@ class Request:
     namespace: str  # "" for cluster-scoped requests and lists across namespaces
     name: str  # "" for lists, watches and creates with generateName
     code: int  # the response status code (0 when the log has none, e.g. a watch still open)
+    message: str = ""  # the API server's message when it refused the request
 
 
 def requests_of(log: Path, username: str) -> list[Request]:
@@ -53,6 +54,7 @@ def requests_of(log: Path, username: str) -> list[Request]:
         if event.get("user", {}).get("username") != username or not ref or not ref.get("resource"):
             continue
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        status = event.get("responseStatus") or {}
         found.append(Request(event["verb"], ref.get("apiGroup", ""), resource, ref.get("namespace", ""), ref.get("name", ""),
-                             int((event.get("responseStatus") or {}).get("code") or 0)))
+                             int(status.get("code") or 0), status.get("message", "")))
     return found

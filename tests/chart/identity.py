@@ -28,9 +28,9 @@ def service_account_kubeconfig(cluster: LocalCluster, namespace: str, account: s
 
 
 def operator_as(cluster: LocalCluster, namespace: str, account: str, directory: Path,
-                env: dict[str, str] | None = None) -> OperatorProcess:
+                env: dict[str, str] | None = None, args: list[str] | None = None) -> OperatorProcess:
     """An OperatorProcess (not started) that authenticates as ServiceAccount `namespace`/`account`."""
     kubeconfig = service_account_kubeconfig(cluster, namespace, account, directory / "kubeconfig")
     # OperatorProcess only reads `.env` of the cluster it is given.
     as_account = SimpleNamespace(env={**cluster.env, "KUBECONFIG": str(kubeconfig)})
-    return OperatorProcess(as_account, directory / "operator.log", env)  # type: ignore[arg-type]
+    return OperatorProcess(as_account, directory / "operator.log", env, args)  # type: ignore[arg-type]

@@ -39,6 +39,9 @@ NEEDED_CLUSTER_WIDE: list[tuple[str, str, str]] = [
     *((verb, "customresourcedefinitions", "apiextensions.k8s.io") for verb in ("get", "list", "watch")),
 ]
 
+# Only with watchNamespaces: kopf lists and watches namespaces to follow the listed ones.
+NEEDED_WATCH_NAMESPACES_ONLY: list[tuple[str, str, str]] = [("list", "namespaces", ""), ("watch", "namespaces", "")]
+
 FORBIDDEN_IN_NAMESPACE: list[tuple[str, str, str]] = [
     ("get", "secrets", ""), ("list", "secrets", ""), ("watch", "secrets", ""), ("create", "secrets", ""),
     ("create", "pods/exec", ""), ("create", "pods/portforward", ""), ("patch", "pods/ephemeralcontainers", ""),

@@ -16,7 +16,8 @@ from modelfleet.images import chart_values
 from modelfleet.localcluster import LocalCluster
 from tests.chart.helm import CHART, REPO, Helm, pods_of, values_args
 from tests.chart.identity import operator_as
-from tests.chart.permissions import FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_WIDE, NEEDED_IN_NAMESPACE
+from tests.chart.permissions import (FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_WIDE, NEEDED_IN_NAMESPACE,
+                                     NEEDED_WATCH_NAMESPACES_ONLY)
 from tests.helpers import wait_for
 from tests.operator.conftest import OperatorProcess
 
@@ -183,7 +184,7 @@ def test_watch_namespaces_confines_writes_to_those_namespaces(cluster: LocalClus
         scoped.install()
         for verb, resource, group in NEEDED_IN_NAMESPACE:
             assert scoped.can(verb, resource, group, watched), (verb, resource, group)
-        for verb, resource, group in NEEDED_CLUSTER_WIDE:
+        for verb, resource, group in NEEDED_CLUSTER_WIDE + NEEDED_WATCH_NAMESPACES_ONLY:
             assert scoped.can(verb, resource, group, None), (verb, resource, group)
         for verb, resource, group in [("create", "pods", ""), ("get", "configmaps", ""), ("patch", "deployments", "apps"),
                                       ("create", "roles", "rbac.authorization.k8s.io"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -26,12 +26,15 @@ from tests.chart.rbac import Permission, grants
 from tests.helpers import wait_for
 from tests.operator.conftest import crds  # noqa: F401  (fixture)
 from tests.operator.modeldeployment.test_mdep_controller import FIXTURE_CRDS, manifest, patch_spec, wait_ready
-from tests.operator.trainingjob.conftest import Jobs, job_manifest, jobs  # noqa: F401  (fixture)
+from tests.operator.trainingjob.conftest import Jobs, job_manifest, store_namespace
 from tests.operator.trainingjob.test_trainingjob_lifecycle import succeed
 
 pytestmark = pytest.mark.cluster
 
-RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+# KEDA's and the Prometheus Operator's CRDs (as kubectl -f arguments): removing them while the operator runs
+# races its applies (refused while a CRD terminates), so they go after it has stopped.
+OTHER_CRDS = [a for name in ("keda-scaledobject.yaml", "prometheus-podmonitor.yaml") for a in ("-f", str(FIXTURE_CRDS / name))]
 
 
 @dataclass
@@ -105,19 +108,14 @@ def autoscaling_with_and_without_keda_and_prometheus_operator(scene: Scene) -> N
     kube, namespace = scene.kube, scene.namespace
     scene.apply(manifest("auto", autoscaling={"minReplicas": 2, "maxReplicas": 4, "target": 4}))
     wait_for(lambda: kube.get("HorizontalPodAutoscaler", namespace, "auto"), what="HPA")
-    fixtures = [a for name in ("keda-scaledobject.yaml", "prometheus-podmonitor.yaml")
-                for a in ("-f", str(FIXTURE_CRDS / name))]
-    scene.cluster.kubectl("apply", *fixtures)
-    try:
-        scene.cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh",
-                              "crd/podmonitors.monitoring.coreos.com", "--timeout=30s")
-        wait_for(lambda: kube.get("ScaledObject", namespace, "auto") and kube.get("PodMonitor", namespace, "auto"),
-                 what="ScaledObject and PodMonitor")
-        wait_for(lambda: kube.get("HorizontalPodAutoscaler", namespace, "auto") is None, what="HPA gives way to KEDA")
-        patch_spec(scene.cluster, namespace, "auto", {"autoscaling": None, "replicas": 1})
-        wait_for(lambda: kube.get("ScaledObject", namespace, "auto") is None, what="ScaledObject removed")
-    finally:
-        scene.cluster.kubectl("delete", "--wait=true", *fixtures, check=False)
+    scene.cluster.kubectl("apply", *OTHER_CRDS)  # deleted by the fixture once the operator is stopped
+    scene.cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh",
+                          "crd/podmonitors.monitoring.coreos.com", "--timeout=30s")
+    wait_for(lambda: kube.get("ScaledObject", namespace, "auto") and kube.get("PodMonitor", namespace, "auto"),
+             what="ScaledObject and PodMonitor")
+    wait_for(lambda: kube.get("HorizontalPodAutoscaler", namespace, "auto") is None, what="HPA gives way to KEDA")
+    patch_spec(scene.cluster, namespace, "auto", {"autoscaling": None, "replicas": 1})
+    wait_for(lambda: kube.get("ScaledObject", namespace, "auto") is None, what="ScaledObject removed")
 
 
 SCENARIOS: list[Callable[[Scene], None]] = [
@@ -129,80 +127,133 @@ SCENARIOS: list[Callable[[Scene], None]] = [
 
 # --- what was used, and what it implies --------------------------------------------------------------------------
 
+Use = tuple[str, str, str, str]  # (namespace, "" when cluster-scoped or across namespaces; group, resource, verb)
+OPERATOR_SETS = ("MODELFLEET_METRICS_PORT", "MODELFLEET_HEALTH_PORT", "MODELFLEET_METRICS_ADDRESS",
+                 "MODELFLEET_HEALTH_ADDRESS")  # OperatorProcess picks free ports on 127.0.0.1
+
+
+@dataclass(frozen=True)
+class BoundRole:
+    """A rendered ClusterRole (namespace "") or Role bound to the operator's ServiceAccount."""
+
+    kind: str
+    name: str
+    namespace: str
+    rules: list[dict[str, Any]]
+
+    def covers(self, namespace: str) -> bool:
+        return not self.namespace or self.namespace == namespace
+
+
 @dataclass
 class Audit:
     namespace: str  # of the operator's ServiceAccount
     account: str
-    rules: list[dict[str, Any]]  # the rendered ClusterRole the operator ran with
+    roles: list[BoundRole]  # what the chart rendered, applied as rendered
     requests: list[Request]  # everything the operator asked the API server
-    implied: set[Permission]  # permissions the API server checks without a request of their own
+    implied: set[Use]  # permissions the API server checks without a request of their own
+
+    @property
+    def uses(self) -> set[Use]:
+        return {(r.namespace, r.group, r.resource, r.verb) for r in self.requests} | self.implied
 
 
-def implied_by(cluster: LocalCluster, namespace: str, requests: list[Request]) -> set[Permission]:
+def bound_roles(objects: list[dict[str, Any]], account: str) -> list[BoundRole]:
+    bound = {(b["roleRef"]["kind"], b["roleRef"]["name"], b["metadata"].get("namespace", "") if b["kind"] == "RoleBinding"
+              else "") for b in objects if b["kind"] in ("ClusterRoleBinding", "RoleBinding")
+             and any(s["kind"] == "ServiceAccount" and s["name"] == account for s in b["subjects"])}
+    roles = [BoundRole(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ""), o["rules"])
+             for o in objects if o["kind"] in ("ClusterRole", "Role")]
+    return [r for r in roles if (r.kind, r.name, r.namespace) in bound]
+
+
+def implied_by(cluster: LocalCluster, namespace: str, requests: list[Request]) -> set[Use]:
     """What the API server authorizes inside other requests (no audit event of their own):
     - server-side apply that creates an object (answered 201) is also authorized as "create";
     - RBAC's escalation check: the operator may create a Role only with permissions it holds itself;
     - OwnerReferencesPermissionEnforcement: a child with blockOwnerDeletion needs update on its owner's finalizers."""
-    implied = {(r.group, r.resource, "create") for r in requests if r.verb == "patch" and r.code == 201}
+    implied = {(r.namespace, r.group, r.resource, "create") for r in requests if r.verb == "patch" and r.code == 201}
     for role in json.loads(cluster.kubectl("get", "roles", "-n", namespace, "-o", "json").stdout)["items"]:
         if any(r.resource == "roles" and r.verb == "create" and r.name == role["metadata"]["name"] for r in requests):
-            implied |= grants(role["rules"])
+            implied |= {(namespace, *permission) for permission in grants(role["rules"])}
     created = {(r.group, r.resource, r.name) for r in requests if r.code == 201 and r.namespace == namespace}
     for group, resource, name in created:
         api = f"{resource}.{group}" if group else resource
         child = cluster.kubectl("get", api, name, "-n", namespace, "-o", "json", check=False)
         for ref in json.loads(child.stdout)["metadata"].get("ownerReferences", []) if child.returncode == 0 else []:
             if ref.get("blockOwnerDeletion"):
-                implied.add((ref["apiVersion"].split("/")[0], f"{ref['kind'].lower()}s/finalizers", "update"))
+                implied.add((namespace, ref["apiVersion"].split("/")[0], f"{ref['kind'].lower()}s/finalizers", "update"))
     return implied
 
 
-def used_permissions(audit: Audit) -> set[Permission]:
-    return {(r.group, r.resource, r.verb) for r in audit.requests} | audit.implied
+def differences(roles: list[BoundRole], uses: set[Use]) -> tuple[dict[str, set[Permission]], set[Use]]:
+    """({role: what it grants that nothing in its scope used}, what was used that no role grants in its scope)."""
+    unused = {}
+    for role in roles:
+        used = {(group, resource, verb) for namespace, group, resource, verb in uses if role.covers(namespace)}
+        if extra := grants(role.rules) - used:
+            unused[f"{role.kind} {role.namespace + '/' if role.namespace else ''}{role.name}"] = extra
+    missing = {use for use in uses if not any(role.covers(use[0]) and use[1:] in grants(role.rules) for role in roles)}
+    return unused, missing
 
 
-def differences(rules: list[dict[str, Any]], needed: set[Permission]) -> tuple[set[Permission], set[Permission]]:
-    """(granted but never needed, needed but not granted)."""
-    granted = grants(rules)
-    return granted - needed, needed - granted
+def operator_settings(objects: list[dict[str, Any]], namespace: str) -> tuple[dict[str, str], list[str]]:
+    """The rendered Deployment's environment (the downward API resolved as for a pod of it) and arguments."""
+    deployment = one(objects, "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    pod = {"metadata.namespace": namespace, "metadata.name": f"{deployment['metadata']['name']}-audited"}
+    env = {e["name"]: e["value"] if "value" in e else pod[e["valueFrom"]["fieldRef"]["fieldPath"]]
+           for e in container["env"] if e["name"] not in OPERATOR_SETS}
+    return env, container["args"][1:]  # after "operator"
 
 
-@pytest.fixture(scope="module")
-def audit(cluster: LocalCluster, crds: list[str], jobs: Jobs, helm: Helm,  # noqa: F811  (fixtures)
+@pytest.fixture(scope="module", params=["cluster-wide", "watch-namespaces"])
+def audit(request: pytest.FixtureRequest, cluster: LocalCluster, crds: list[str], helm: Helm,  # noqa: F811
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
+    """The operator, configured and authorized as the chart renders it (all namespaces, or watchNamespaces with
+    per-namespace Roles), through every scenario; then what the audit log says it did."""
     home = f"rbac-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", home)
-    release = f"audit-{home}"
-    objects = [o for o in helm.template(namespace=home, release=release) if o["kind"] in RBAC_KINDS]
-    account = one(objects, "ServiceAccount")["metadata"]["name"]
-    cluster.kubectl("apply", "-n", home, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                       "items": objects}))
-    operator = operator_as(cluster, home, account, tmp_path_factory.mktemp("audited-operator"))
-    scene = Scene(cluster, jobs, Kube(cluster.api_client()))
-    try:
-        operator.start()
-        for scenario in SCENARIOS:
-            scenario(scene)
-        operator.stop()
-        requests = requests_of(cluster.audit_log, f"system:serviceaccount:{home}:{account}")
-        implied = implied_by(cluster, jobs.namespace, requests)
-        yield Audit(home, account, one(objects, "ClusterRole")["rules"], requests, implied)
-    finally:
-        operator.stop()
-        for obj in objects:
-            if obj["kind"] != "ServiceAccount":
-                cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--wait=false", check=False)
-        cluster.kubectl("delete", "namespace", home, "--wait=false", check=False)
+    with store_namespace(cluster) as jobs:
+        values = {"watchNamespaces": [jobs.namespace]} if request.param == "watch-namespaces" else {}
+        rendered = helm.template(values, namespace=home, release=f"audit-{home}")
+        objects = [o for o in rendered if o["kind"] in RBAC_KINDS]
+        account = one(objects, "ServiceAccount")["metadata"]["name"]
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+        env, args = operator_settings(rendered, home)
+        operator = operator_as(cluster, home, account, tmp_path_factory.mktemp("audited-operator"), env, args)
+        scene = Scene(cluster, jobs, Kube(cluster.api_client()))
+        try:
+            operator.start()
+            try:
+                for scenario in SCENARIOS:
+                    scenario(scene)
+            except BaseException:
+                print(f"operator log (end):\n{operator.log()[-8000:]}")
+                raise
+            operator.stop()
+            requests = requests_of(cluster.audit_log, f"system:serviceaccount:{home}:{account}")
+            implied = implied_by(cluster, jobs.namespace, requests)
+            yield Audit(home, account, bound_roles(objects, account), requests, implied)
+        finally:
+            operator.stop()
+            cluster.kubectl("delete", "--ignore-not-found", "--wait=true", *OTHER_CRDS, check=False)
+            for obj in objects:
+                if not obj["metadata"].get("namespace"):
+                    cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--wait=false", check=False)
+            cluster.kubectl("delete", "namespace", home, "--wait=false", check=False)
 
 
-def table(permissions: set[Permission]) -> str:
-    return "\n".join(f"  {verb:<8} {resource:<32} {group or 'core'}" for group, resource, verb in sorted(permissions))
+def table(permissions: set[Permission] | set[Use]) -> str:
+    return "\n".join(f"  {p[-1]:<8} {p[-2]:<32} {p[-3] or 'core':<26} {p[0] if len(p) == 4 else ''}"
+                     for p in sorted(permissions, key=lambda p: (p[-3:], p[0])))
 
 
 def test_the_operator_was_refused_nothing(audit: Audit) -> None:
     assert audit.requests, "no request of the operator's ServiceAccount in the audit log"
-    refused = {(r.group, r.resource, r.verb) for r in audit.requests if r.code == 403}
-    assert not refused, f"the API server refused the operator:\n{table(refused)}"
+    refused = [r for r in audit.requests if r.code == 403]
+    assert not refused, "the API server refused the operator:\n" + "\n".join(
+        f"  {r.verb} {r.resource} {r.group or 'core'} {r.namespace}/{r.name}: {r.message}" for r in refused)
 
 
 def test_the_audit_log_holds_only_service_accounts_outside_kube_system(cluster: LocalCluster, audit: Audit) -> None:
@@ -212,22 +263,28 @@ def test_the_audit_log_holds_only_service_accounts_outside_kube_system(cluster: 
 
 
 def test_the_chart_grants_exactly_what_the_operator_used(audit: Audit) -> None:
-    used = used_permissions(audit)
-    print(f"permissions the operator used ({len(used)}):\n{table(used)}")
-    unused, missing = differences(audit.rules, used)
-    assert not unused, f"the chart grants what the operator never used (remove it, see docs/security.md):\n{table(unused)}"
+    used = {use[1:] for use in audit.uses}
+    print(f"\npermissions the operator used ({len(used)}):\n{table(used)}")
+    unused, missing = differences(audit.roles, audit.uses)
+    assert not unused, "the chart grants what the operator never used (remove it, see docs/security.md):\n" + "\n".join(
+        f"{role}:\n{table(extra)}" for role, extra in unused.items())
     assert not missing, f"the operator used what the chart does not grant:\n{table(missing)}"
 
 
 def test_an_added_grant_nobody_uses_fails(audit: Audit) -> None:
-    used, (unused, missing) = used_permissions(audit), differences(audit.rules, used_permissions(audit))
-    extra = [*audit.rules, {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
-    assert differences(extra, used) == (unused | {("", "secrets", "get")}, missing)
+    unused, missing = differences(audit.roles, audit.uses)
+    first = audit.roles[0]
+    extra = replace(first, rules=[*first.rules, {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
+    label = f"{first.kind} {first.namespace + '/' if first.namespace else ''}{first.name}"
+    assert differences([extra, *audit.roles[1:]], audit.uses) == (
+        {**unused, label: unused.get(label, set()) | {("", "secrets", "get")}}, missing)
 
 
 def test_a_removed_grant_the_operator_uses_fails(audit: Audit) -> None:
-    used, (unused, missing) = used_permissions(audit), differences(audit.rules, used_permissions(audit))
-    assert ("", "pods", "create") in used
-    pods = next(r for r in audit.rules if r["resources"] == ["pods"] and "create" in r["verbs"])
-    fewer = [r for r in audit.rules if r is not pods] + [{**pods, "verbs": [v for v in pods["verbs"] if v != "create"]}]
-    assert differences(fewer, used) == (unused, missing | {("", "pods", "create")})
+    unused, missing = differences(audit.roles, audit.uses)
+    creates = {use for use in audit.uses if use[1:] == ("", "pods", "create")}
+    assert creates, "the operator created no pod"
+    without = [replace(role, rules=[{**rule, "verbs": [v for v in rule["verbs"] if v != "create"]}
+                                    if "pods" in rule["resources"] else rule for rule in role.rules])
+               for role in audit.roles]
+    assert differences(without, audit.uses) == (unused, missing | creates)

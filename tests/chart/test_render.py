@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from tests.chart.helm import CHART, KUBE_VERSION, MONITORING_API, REPO, Helm, find, one, values_args
-from tests.chart.permissions import FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_WIDE, NEEDED_IN_NAMESPACE
+from tests.chart.permissions import (FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_WIDE, NEEDED_IN_NAMESPACE,
+                                     NEEDED_WATCH_NAMESPACES_ONLY)
 from tests.chart.rbac import allows, grants
 
 OPERATOR_IMAGE = "ghcr.io/modelfleet/modelfleet-operator:0.1.0"
@@ -126,11 +127,11 @@ def test_watch_namespaces_uses_roles_per_namespace(helm: Helm) -> None:
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["roleRef"]["kind"] == "Role" for b in bindings)
     cluster_rules = one(objects, "ClusterRole")["rules"]
-    for verb, resource, group in NEEDED_CLUSTER_WIDE:
+    for verb, resource, group in NEEDED_CLUSTER_WIDE + NEEDED_WATCH_NAMESPACES_ONLY:
         assert allows(cluster_rules, verb, resource, group), (verb, resource, group)
-    # Outside the watched namespaces: reads for GPU capacity only; no writes, no namespace watch.
-    for verb, resource, group in [("list", "namespaces", ""), ("create", "pods", ""), ("get", "configmaps", ""),
-                                                             ("create", "roles", "rbac.authorization.k8s.io")]:
+    # Outside the watched namespaces: reads for GPU capacity and kopf only; no writes.
+    for verb, resource, group in [("create", "pods", ""), ("get", "configmaps", ""),
+                                  ("create", "roles", "rbac.authorization.k8s.io")]:
         assert not allows(cluster_rules, verb, resource, group), (verb, resource, group)
 
 

@@ -180,4 +180,10 @@ them). Server-side apply of an object that does not exist yet is authorized as "
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [get, list, watch]
+{{- if .Values.watchNamespaces }}
+# With watchNamespaces, kopf follows the listed namespaces coming and going (cluster-wide it does not).
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
 {{- end }}
