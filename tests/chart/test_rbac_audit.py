@@ -1,6 +1,6 @@
 """Least privilege, proven by the API server: the real operator runs as a ServiceAccount bound to exactly the
-chart's rendered ClusterRole, does a representative set of TrainingJob and ModelDeployment scenarios, and the
-API server's audit log (modelfleet/localcluster/audit.py) records every request it made. The chart must grant
+chart's rendered roles (all namespaces; then watchNamespaces), does a representative set of TrainingJob and
+ModelDeployment scenarios, and the API server's audit log (modelfleet/localcluster/audit.py) records every request it made. The chart must grant
 exactly what was used: a grant nobody used fails the test, and so does a used permission the chart lacks.
 
 To change the operator's permissions (docs/security.md): add the code, the rule in
@@ -32,9 +32,10 @@ from tests.operator.trainingjob.test_trainingjob_lifecycle import succeed
 pytestmark = pytest.mark.cluster
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-# KEDA's and the Prometheus Operator's CRDs (as kubectl -f arguments): removing them while the operator runs
-# races its applies (refused while a CRD terminates), so they go after it has stopped.
-OTHER_CRDS = [a for name in ("keda-scaledobject.yaml", "prometheus-podmonitor.yaml") for a in ("-f", str(FIXTURE_CRDS / name))]
+# KEDA's and the Prometheus Operator's CRDs (as kubectl -f arguments). Removed while the operator ran, they raced
+# its applies (one run saw a PodMonitor patch refused with 403 then), so they go after it has stopped.
+OTHER_CRDS = [arg for name in ("keda-scaledobject.yaml", "prometheus-podmonitor.yaml")
+              for arg in ("-f", str(FIXTURE_CRDS / name))]
 
 
 @dataclass
