@@ -160,7 +160,10 @@ class LocalCluster:
             raise
 
     def _start(self, name: str, state: ClusterState, deadline: float) -> None:
-        proc = processes.start(self._command(name, self.bin_dir, state.ports), self.directory / "logs" / f"{name}.log")
+        command = self._command(name, self.bin_dir, state.ports)
+        if name == "kube-apiserver":
+            command += audit.apiserver_flags(self.directory / "audit-policy.json", self.audit_log)
+        proc = processes.start(command, self.directory / "logs" / f"{name}.log")
         state.pids[name] = proc.pid
         self._save_state(state)
         self._wait(name, lambda: self._healthy(name, state), deadline, process=proc)
@@ -242,8 +245,7 @@ class LocalCluster:
                     f"--kubelet-certificate-authority={pki.ca_cert}",
                     # never resolve the node's name through this machine's resolver
                     "--kubelet-preferred-address-types=InternalIP",
-                    f"--cert-dir={d / 'pki' / 'apiserver'}",
-                    *audit.apiserver_flags(d / "audit-policy.json", self.audit_log)]
+                    f"--cert-dir={d / 'pki' / 'apiserver'}"]
         if name == "kube-controller-manager":
             kc = str(d / "controller-manager.kubeconfig")
             return [str(bins / "kube-controller-manager"), f"--kubeconfig={kc}",
