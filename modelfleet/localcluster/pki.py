@@ -61,21 +61,21 @@ class Pki:
         return self.directory / f"{name}.crt", self.directory / f"{name}.key"
 
 
-def _openssl(*args: str) -> None:
+def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _key(path: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path))
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path))
     path.chmod(0o600)
 
 
 def _sign(pki: Pki, name: str, subject: str, extensions: str) -> None:
     key, csr, crt, ext = (pki.directory / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
     _key(key)
-    _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
+    openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
     ext.write_text(extensions)
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(pki.ca_cert), "-CAkey", str(pki.ca_key), "-CAcreateserial",
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(pki.ca_cert), "-CAkey", str(pki.ca_key), "-CAcreateserial",
              "-days", "365", "-sha256", "-extfile", str(ext), "-out", str(crt))
     csr.unlink()
     ext.unlink()
@@ -89,7 +89,7 @@ def create_pki(directory: Path) -> Pki:
     if pki.sa_pub.exists():
         return pki
     _key(pki.ca_key)
-    _openssl("req", "-x509", "-new", "-key", str(pki.ca_key), "-subj", "/CN=modelfleet-local-ca", "-days", "365",
+    openssl("req", "-x509", "-new", "-key", str(pki.ca_key), "-subj", "/CN=modelfleet-local-ca", "-days", "365",
              "-sha256", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              "-out", str(pki.ca_cert))
     san = ("DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
@@ -102,6 +102,6 @@ def create_pki(directory: Path) -> Pki:
     for name, (cn, org) in CLIENTS.items():
         subject = f"/CN={cn}" + (f"/O={org}" if org else "")
         _sign(pki, name, subject, "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n")
-    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(pki.sa_key))
-    _openssl("pkey", "-in", str(pki.sa_key), "-pubout", "-out", str(pki.sa_pub))
+    openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(pki.sa_key))
+    openssl("pkey", "-in", str(pki.sa_key), "-pubout", "-out", str(pki.sa_pub))
     return pki
