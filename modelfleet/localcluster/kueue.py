@@ -3,7 +3,7 @@
 What `hack/build-binaries.sh kueue` leaves in the bin dir: the `kueue` manager and `kueue-config`, Kueue's own
 `config/components/{crd,webhook}` from the same module version. From those this module installs the CRDs (with
 the conversion webhooks Kueue's kustomization enables) and the admission webhooks for Kueue's own objects
-(Workloads, ClusterQueues, LocalQueues, ResourceFlavors, Cohorts), pointed at a URL on 127.0.0.1 instead of an
+(Workloads, ClusterQueues, ResourceFlavors, Cohorts), pointed at a URL on 127.0.0.1 instead of an
 in-cluster Service: the API server runs on this host.
 
 Certificates: Kueue's internal certificate management (the cert-controller rotator) stays on, but it finds a

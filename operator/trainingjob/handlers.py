@@ -250,7 +250,7 @@ async def _create_children(kube: Kube, job: dict[str, Any], plan: Plan, logger: 
             return CreateFailure(problem.message, invalid=not problem.transient)
     pods = [render.pod(spec, job, rank, attempt, state.config.trainer_image, state.config.image_pull_policy)
             for rank in plan.create_pods]
-    if update:  # Kueue's admission: the assigned flavors' node labels and tolerations
+    if update is not None:  # Kueue's admission: the assigned flavors' node labels and tolerations
         pods = [kueue.apply(pod, update) for pod in pods]
     created, failure = await _create_all(kube, pods, logger)
     metrics.PODS_CREATED.labels(KIND).inc(sum(created))
