@@ -26,7 +26,7 @@ from modelfleet_operator import GROUP, VERSION, metrics, ownership
 from modelfleet_operator.apierrors import UNPROCESSABLE, refusal_message
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.labels import MANAGED_BY, MANAGER, TRAININGJOB, selector
-from modelfleet_operator.trainingjob import render
+from modelfleet_operator.trainingjob import admission, kueue, render
 from modelfleet_operator.trainingjob.kube import Conflict, Kube, api_error_message
 from modelfleet_operator.trainingjob.progress import parse_report
 from modelfleet_operator.trainingjob.spec import SpecError, parse_spec
@@ -141,6 +141,12 @@ async def trainer_pod_changed(namespace: str, labels: kopf.Labels, **_: Any) -> 
     wake(namespace, labels[TRAININGJOB])
 
 
+@kopf.on.event(kueue.GROUP, kueue.VERSION, kueue.PLURAL, labels={TRAININGJOB: kopf.PRESENT, MANAGED_BY: MANAGER})
+async def workload_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """Kueue admitted, evicted or requeued a job's Workload (kopf skips this where Kueue's CRDs are missing)."""
+    wake(namespace, labels[TRAININGJOB])
+
+
 def _is_progress_map(name: str, labels: kopf.Labels, **_: Any) -> bool:
     job = labels.get(TRAININGJOB)
     return bool(job) and name == render.Names(job).progress
@@ -163,18 +169,25 @@ async def reconcile(namespace: str, name: str, logger: logging.Logger) -> float 
     if job is None or job["metadata"].get("deletionTimestamp"):
         return None
     pods = await kube.list_pods(namespace, selector({TRAININGJOB: name, MANAGED_BY: MANAGER}))
+    queued = await admission.observe(kube, job, state.config.trainer_image, state.config.image_pull_policy)
     now = dt.datetime.now(dt.timezone.utc)
-    plan = decide(job, pods, now, allow_host_paths=state.config.allow_host_paths)
+    plan = decide(job, pods, now, allow_host_paths=state.config.allow_host_paths,
+                  admission=queued.admission if queued else None)
     await _attach_logs(kube, namespace, plan)
 
     # Status first: a restart or a finish is recorded before any pod is deleted, so a crash in between
     # cannot lose it (the next pass sees pods of an old attempt, or a finished job, and deletes them).
     job = await _patch_status(kube, job, plan.status)
     await asyncio.gather(*(kube.delete_pod(namespace, pod) for pod in plan.delete_pods))
+    if queued:
+        await admission.settle(kube, job, pods, queued, now)
+        if queued.workload is None:
+            plan.requeue(RETRY_CREATE_SECONDS)
     if plan.restart_reason:
         metrics.RESTARTS.labels(plan.restart_reason).inc()
     if plan.create_pods:
-        failure = await _create_children(kube, job, plan, logger)
+        update = await admission.pod_update(kube, queued) if queued else None
+        failure = await _create_children(kube, job, plan, logger, update)
         if failure:
             job = await _patch_status(kube, job, creation_failed(job.get("status") or {}, failure,
                                                                  job["metadata"].get("generation"), now))
@@ -215,7 +228,8 @@ async def _patch_status(kube: Kube, job: dict[str, Any], status: dict[str, Any])
     return updated
 
 
-async def _create_children(kube: Kube, job: dict[str, Any], plan: Plan, logger: logging.Logger) -> CreateFailure | None:
+async def _create_children(kube: Kube, job: dict[str, Any], plan: Plan, logger: logging.Logger,
+                           update: kueue.PodUpdate | None) -> CreateFailure | None:
     """Create the supporting objects, then the missing pods. Says why not when the API server refuses one, or
     when an object of a child's name exists that this job does not own (its pods would otherwise run as someone
     else's ServiceAccount, or read someone else's configuration)."""
@@ -238,6 +252,8 @@ async def _create_children(kube: Kube, job: dict[str, Any], plan: Plan, logger: 
             return CreateFailure(problem.message, invalid=not problem.transient)
     pods = [render.pod(spec, job, rank, attempt, state.config.trainer_image, state.config.image_pull_policy)
             for rank in plan.create_pods]
+    if update is not None:  # Kueue's admission: the assigned flavors' node labels and tolerations
+        pods = [kueue.apply(pod, update) for pod in pods]
     created, failure = await _create_all(kube, pods, logger)
     metrics.PODS_CREATED.labels(KIND).inc(sum(created))
     return failure

@@ -17,6 +17,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from modelfleet_operator import GROUP, VERSION
+from modelfleet_operator.trainingjob import kueue
 
 PLURAL = "trainingjobs"
 MERGE_PATCH = "application/merge-patch+json"
@@ -137,6 +138,51 @@ class Kube:
         except Exception:  # noqa: BLE001 - logs are best effort by design
             return []
         return [line[:500] for line in str(text or "").splitlines()[-LOG_LINES:]]
+
+    # --- Kueue (kueue.py) -------------------------------------------------------------------------------------------
+
+    async def get_workload(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return await self._call(self.custom.get_namespaced_custom_object, kueue.GROUP, kueue.VERSION, namespace,
+                                    kueue.PLURAL, name, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create_workload(self, workload: Mapping[str, Any]) -> Obj | None:
+        """Create it; when it exists already (an earlier pass made it), return what is stored."""
+        meta = workload["metadata"]
+        try:
+            return await self._call(self.custom.create_namespaced_custom_object, kueue.GROUP, kueue.VERSION,
+                                    meta["namespace"], kueue.PLURAL, workload, _preload_content=False)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        return await self.get_workload(meta["namespace"], meta["name"])
+
+    async def patch_workload_status(self, workload: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Merge-patch status (a conditions list replaces Kueue's, so only if unchanged since read: else Conflict)."""
+        meta = workload["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": dict(status)}
+        try:
+            await self._call(self.custom.patch_namespaced_custom_object_status, kueue.GROUP, kueue.VERSION,
+                             meta["namespace"], kueue.PLURAL, meta["name"], body, _content_type=MERGE_PATCH,
+                             _preload_content=False)
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(str(error.reason)) from None
+            if error.status != 404:
+                raise
+
+    async def get_resource_flavor(self, name: str) -> Obj | None:
+        try:
+            return await self._call(self.custom.get_cluster_custom_object, kueue.GROUP, kueue.VERSION,
+                                    "resourceflavors", name, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
     async def _ignore(self, status: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         try:

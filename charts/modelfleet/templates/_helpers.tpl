@@ -143,6 +143,14 @@ them). Server-side apply of an object that does not exist yet is authorized as "
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create]
+# Kueue (docs/kueue.md): the Workload of each TrainingJob labelled kueue.x-k8s.io/queue-name, watched to notice
+# admission and eviction; its status gets Finished, or the released quota after an eviction.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch, create]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]
 # core/v1 Events on TrainingJobs and ModelDeployments.
 - apiGroups: [""]
   resources: [events]
@@ -176,6 +184,10 @@ them). Server-side apply of an object that does not exist yet is authorized as "
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# Kueue: the node labels and tolerations of the ResourceFlavors assigned to an admitted Workload.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors]
+  verbs: [get]
 # kopf notices CRDs (KEDA, Prometheus Operator, its own) appearing and disappearing; never writes them.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
