@@ -22,6 +22,8 @@ NEEDED_IN_NAMESPACE: list[tuple[str, str, str]] = [
     ("create", "events", ""),
     ("create", "events", "events.k8s.io"),
     *((verb, "deployments", "apps") for verb in ("get", "list", "watch", "create", "patch", "delete")),
+    # list/watch: the HPA's status changes trigger a reconcile (status.autoscaling).
+    *((verb, "horizontalpodautoscalers", "autoscaling") for verb in ("list", "watch")),
     *((verb, resource, group)
       for resource, group in (("poddisruptionbudgets", "policy"), ("horizontalpodautoscalers", "autoscaling"),
                               ("scaledobjects", "keda.sh"), ("podmonitors", "monitoring.coreos.com"))
