@@ -1,5 +1,6 @@
 """kopf wiring for ModelDeployments. Handlers only queue keys: every change that matters (the ModelDeployment,
-its Deployment and pods, a referenced TrainingJob) triggers the same level-triggered reconcile.
+its Deployment, pods and HorizontalPodAutoscaler, a referenced TrainingJob) triggers the same level-triggered
+reconcile.
 
 No finalizer is needed or added: children carry ownerReferences, so deleting a ModelDeployment cascades
 even while the operator is down.
@@ -87,6 +88,12 @@ async def modeldeployment_event(event: kopf.RawEvent, namespace: str | None, nam
 
 @kopf.on.event("apps", "v1", "deployments", labels=RUNTIME_CHILDREN)
 async def deployment_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    queue.add((namespace or "", labels[mflabels.MODELDEPLOYMENT]))
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=RUNTIME_CHILDREN)
+async def autoscaler_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """The HPA measured or decided something: status.autoscaling says so."""
     queue.add((namespace or "", labels[mflabels.MODELDEPLOYMENT]))
 
 

@@ -28,6 +28,8 @@ NEEDED_IN_NAMESPACE: list[tuple[str, str, str]] = [
     ("patch", "workloads/status", "kueue.x-k8s.io"),
     ("create", "events", ""),
     *((verb, "deployments", "apps") for verb in ("get", "list", "watch", "create", "patch")),
+    # list/watch: the HPA's status changes trigger a reconcile (status.autoscaling).
+    *((verb, "horizontalpodautoscalers", "autoscaling") for verb in ("list", "watch")),
     *((verb, resource, group)
       for resource, group in (("poddisruptionbudgets", "policy"), ("horizontalpodautoscalers", "autoscaling"),
                               ("scaledobjects", "keda.sh"))

@@ -155,8 +155,8 @@ them). Server-side apply of an object that does not exist yet is authorized as "
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# What a ModelDeployment renders: the runtime Deployment (watched), its PodDisruptionBudget, autoscaler and
-# PodMonitor; the optional ones are deleted when no longer wanted (a PodMonitor only goes with its CRD).
+# What a ModelDeployment renders: the runtime Deployment and its HPA (both watched), its PodDisruptionBudget,
+# autoscaler and PodMonitor; the optional ones are deleted when no longer wanted (a PodMonitor only goes with its CRD).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
@@ -165,7 +165,7 @@ them). Server-side apply of an object that does not exist yet is authorized as "
   verbs: [get, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [get, create, patch, delete]

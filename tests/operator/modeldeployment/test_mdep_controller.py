@@ -296,6 +296,12 @@ def test_autoscaling_objects_are_accepted(cluster: Any, kube: Kube, operator: An
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "modelfleet.dev/v1alpha1", "kind": KIND, "name": "auto"}
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
     assert kube.get("PodDisruptionBudget", namespace, "auto") is not None
+    # No custom metrics API in this cluster: the status and a Warning say why the autoscaler cannot work.
+    scaling = wait_for(lambda: (s := (kube.get(KIND, namespace, "auto").get("status") or {}).get("autoscaling") or {})
+                       .get("reason") == "FailedGetPodsMetric" and s, timeout=60, what="status.autoscaling's reason")
+    assert "vllm:num_requests_waiting" in scaling["message"] and scaling["target"] == "4", scaling
+    wait_for(lambda: any(e[1] == "FailedGetPodsMetric" for e in events(cluster, namespace, "auto")), timeout=30,
+             what="a FailedGetPodsMetric Warning")
 
     fixtures = [str(FIXTURE_CRDS / "keda-scaledobject.yaml"), str(FIXTURE_CRDS / "prometheus-podmonitor.yaml")]
     cluster.kubectl("apply", *[a for f in fixtures for a in ("-f", f)])
