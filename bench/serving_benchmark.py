@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -228,7 +229,9 @@ async def with_server(cmd: list[str], port: int, health: str, make: Callable[[ht
                       env: dict[str, str] | None = None, log: Path | None = None) -> list[dict]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    # Not from the repository: its operator/ package would shadow Python's operator module in `python -m` children.
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(),
+                            start_new_session=True)  # its own process group: vLLM's engine core goes with it
     try:
         await wait_http(f"http://127.0.0.1:{port}{health}", proc, args.startup_timeout)
         limits = httpx.Limits(max_connections=args.concurrency + 64)
@@ -238,8 +241,12 @@ async def with_server(cmd: list[str], port: int, health: str, make: Callable[[ht
                 await then(make(http))
             return rows
     finally:
-        proc.terminate()
-        proc.wait(60)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         if log:
             out.close()
 
@@ -417,7 +424,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2",
                         help="thread counts to run every system at (OMP_NUM_THREADS; vLLM: cores bound); 0: default")
     parser.add_argument("--vllm-kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE")
-    parser.add_argument("--startup-timeout", type=float, default=600, help="seconds a server may take to start")
+    parser.add_argument("--startup-timeout", type=float, default=1800, help="seconds a server may take to start")
     parser.add_argument("--log-dir", default=os.path.join(tempfile.gettempdir(), "modelfleet-bench-logs"))
     parser.add_argument("--no-efficiency", dest="efficiency", action="store_false")
     asyncio.run(main_async(parser.parse_args()))
