@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_runtime.serving import completions
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/predict"})
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 429, 503)}
+# vLLM's http_* metrics leave out the probe and metrics routes.
+HTTP_METRICS_EXCLUDED = ["/metrics", "/health", "/ready", "/load", "/ping", "/version", "/server_info"]
 _TICKET = "modelfleet.sequences"  # scope key: the sequences a request was admitted with, released when it ends
 
 
@@ -114,6 +117,9 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(AdmissionMiddleware, state=state)
     app.add_middleware(BodyLimitMiddleware, limit=cfg.max_request_bytes)
     install_error_handlers(app)
+    # The http_* request metrics as vLLM exposes them: the same library, its default metrics, grouped status codes.
+    http_registry = CollectorRegistry()
+    Instrumentator(excluded_handlers=HTTP_METRICS_EXCLUDED, registry=http_registry).instrument(app)
     seq_limit = cfg.max_num_seqs + cfg.max_waiting_requests
 
     def rt(request: Request) -> Runtime:
@@ -143,7 +149,8 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics (vLLM names)", response_class=Response)
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(rt(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(rt(request).metrics.registry) + generate_latest(http_registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     api = APIRouter(dependencies=[Depends(APIKeyAuth(cfg.api_keys))], responses=_ERRORS)
 
