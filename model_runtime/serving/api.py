@@ -19,6 +19,7 @@ from model_runtime.serving.config import ServeConfig
 from model_runtime.serving.completions import Generation
 from model_runtime.serving.engine import RequestOutput
 from model_runtime.serving.errors import APIError, install_error_handlers
+from model_runtime.serving.faults import Faults
 from model_runtime.serving.protocol import (
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, DetokenizeRequest,
     DetokenizeResponse, ErrorResponse, Lenient, ModelCard, ModelList, PredictRequest, PredictResponse,
@@ -65,21 +66,41 @@ class BodyLimitMiddleware:
 
 
 class AdmissionMiddleware:
-    """Before a generation request is even parsed: 503 while not ready or draining.
+    """Before a generation request is even parsed: 503 while not ready or draining (and an injected 500 when the
+    test-only fault switch says so).
 
-    Counts requests in flight for the drain on SIGTERM (a streaming response counts until its last byte), and
-    releases the sequences the handler admitted (``admit``) when the request ends."""
+    Counts requests in flight for the drain on SIGTERM (a streaming response counts until its last byte), counts
+    responses by status in ``http_requests_total``, and releases the sequences the handler admitted (``admit``)
+    when the request ends."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], state: ServerState) -> None:
-        self.app, self.state = app, state
+    def __init__(self, app: Callable[..., Awaitable[None]], state: ServerState, faults: Faults) -> None:
+        self.app, self.state, self.faults = app, state, faults
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] not in GENERATION_PATHS:
             return await self.app(scope, receive, send)
+        runtime = getattr(scope["app"].state, "runtime", None)
+        status = [500]
+
+        async def counted(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._admitted(scope, receive, counted)
+        finally:
+            if runtime is not None:
+                runtime.metrics.record_http(scope["path"], scope["method"], status[0])
+
+    async def _admitted(self, scope: dict, receive: Callable, send: Callable) -> None:
         state = self.state
         if state.draining or not state.ready:
             reason = "the server is shutting down" if state.draining else "the model is not ready"
             return await APIError(503, reason).asgi(scope, receive, send)
+        if self.faults.next_fails():
+            return await APIError(500, "injected fault (MODELFLEET_FAULT_ERROR_RATE, for testing)").asgi(
+                scope, receive, send)
         ticket = scope[_TICKET] = [0]
         state.enter()
         try:
@@ -96,6 +117,7 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         rt = runtime or await asyncio.to_thread(build_runtime, cfg)
+        rt.metrics.init_http(sorted(p for p in GENERATION_PATHS if p.startswith("/v1/")))
         app.state.runtime = rt
         rt.engine.start()
         try:
@@ -111,7 +133,7 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="modelfleet inference runtime", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible completions and chat over a continuous-batching engine.")
     app.state.server = state
-    app.add_middleware(AdmissionMiddleware, state=state)
+    app.add_middleware(AdmissionMiddleware, state=state, faults=Faults(cfg.fault_latency_ms, cfg.fault_error_rate))
     app.add_middleware(BodyLimitMiddleware, limit=cfg.max_request_bytes)
     install_error_handlers(app)
     seq_limit = cfg.max_num_seqs + cfg.max_waiting_requests

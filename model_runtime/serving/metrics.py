@@ -65,11 +65,23 @@ class RuntimeMetrics:
                                       REQUEST_LATENCY_BUCKETS)
         self.decode_time = histogram("vllm:request_decode_time_seconds", "Time spent in decode.",
                                      REQUEST_LATENCY_BUCKETS)
+        # vLLM's (prometheus-fastapi-instrumentator's) request counter: status grouped as 2xx, 4xx, 5xx.
+        self.http_requests = Counter("http_requests", "Total number of requests by method, status and handler.",
+                                     ["handler", "method", "status"], registry=r)
         token_buckets = _token_buckets(max_model_len)
         self.request_prompt_tokens = histogram("vllm:request_prompt_tokens", "Prompt tokens per request.",
                                                token_buckets)
         self.request_generation_tokens = histogram("vllm:request_generation_tokens",
                                                    "Generation tokens per request.", token_buckets)
+
+    def init_http(self, handlers: list[str]) -> None:
+        """Export every handler's counters at 0 from the start, so a rate over a window sees the first request."""
+        for handler in handlers:
+            for status in ("2xx", "4xx", "5xx"):
+                self.http_requests.labels(handler, "POST", status)
+
+    def record_http(self, handler: str, method: str, code: int) -> None:
+        self.http_requests.labels(handler, method, f"{code // 100}xx").inc()
 
     def record_step(self, running: int, waiting: int, kv_usage: float, preemptions: int, prefix_queries: int,
                     prefix_hits: int) -> None:
