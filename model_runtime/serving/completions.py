@@ -142,6 +142,8 @@ def detokenize(runtime: Runtime, body: DetokenizeRequest) -> DetokenizeResponse:
 
 async def outputs(runtime: Runtime, gen: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
     """(prompt index, output) of all the generation's engine requests, as they come."""
+    if runtime.cfg.fault_latency_ms:  # testing only (faults.py): after arrival, so it shows in TTFT
+        await asyncio.sleep(runtime.cfg.fault_latency_ms / 1000)
     if len(gen.requests) == 1:
         async for out in runtime.engine.generate(gen.requests[0]):
             yield 0, out

@@ -105,6 +105,11 @@ class Kube:
         return self.request("PATCH", path(kind, namespace, name, "status"), body={"status": status},
                             content_type="application/merge-patch+json")
 
+    def patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of the object (for the one field the operator changes outside server-side apply)."""
+        return self.request("PATCH", path(kind, namespace, name), body=body,
+                            content_type="application/merge-patch+json")
+
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", path(obj["kind"], obj["metadata"].get("namespace")), body=obj)
 

@@ -7,10 +7,14 @@ status), so the operator can be killed at any point and the next reconcile picks
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -19,6 +23,7 @@ from modelfleet_operator import API_VERSION, labels, ownership, policy
 from modelfleet_operator.apierrors import UNPROCESSABLE, refusal_message
 from modelfleet_operator.conditions import now_iso
 from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.modeldeployment import canary as mdcanary
 from modelfleet_operator.modeldeployment import capacity
 from modelfleet_operator.modeldeployment import status as mdstatus
 from modelfleet_operator.modeldeployment.autoscaling import hpa_name
@@ -27,8 +32,11 @@ from modelfleet_operator.modeldeployment.render import (
     KEDA_CRD,
     PODMONITOR_CRD,
     RenderContext,
+    deployment_revision,
+    render_canary,
     render_children,
     served_name,
+    template_hash,
 )
 from modelfleet_operator.modeldeployment.resolve import ResolvedModel, resolve_model
 from modelfleet_operator.modeldeployment.spec import DeploymentSpec, SpecError, parse_spec
@@ -69,6 +77,9 @@ class Outcome:
     requeue_after: float
 
 
+PROMETHEUS_TIMEOUT_SECONDS = 5
+
+
 def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Outcome | None:
     """Bring one ModelDeployment's children and status up to date; None when it no longer exists."""
     try:
@@ -105,14 +116,26 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Out
             policy.check_host_paths(_host_path_fields(spec, serving), settings.allow_host_paths)
         except policy.PolicyError as error:
             return _finish(kube, obj, replace(obs, spec_error=str(error)), old)
-        strategy = _strategy(kube, spec)
+        live = kube.get("Deployment", namespace, name)
+        strategy = _strategy(kube, spec, live, old.get("rollout"))
         keda = kube.crd_established(KEDA_CRD)
         pod_monitor = kube.crd_established(PODMONITOR_CRD)
         ctx = RenderContext(name, namespace, meta["uid"], serving, strategy, spec.image or settings.image,
                             spec.image_pull_policy or settings.image_pull_policy, keda, pod_monitor,
                             settings.prometheus_url)
+        children = render_children(spec, ctx)
+        deployment = next(child for child in children if child["kind"] == "Deployment")
+        decision = _canary_decision(kube, spec, old.get("canary"), deployment, live, namespace, name,
+                                    spec.rollout.canary and (spec.rollout.canary.prometheus_address
+                                                             or settings.prometheus_url))
         try:
-            applied = {child["kind"]: _apply_owned(kube, child, meta) for child in render_children(spec, ctx)}
+            applied = {child["kind"]: _apply_owned(kube, child, meta)
+                       if child is not deployment or decision.apply_stable else _hold(kube, live, child)
+                       for child in children}
+            if decision.canary_replicas:
+                _apply_owned(kube, render_canary(deployment, decision.canary_replicas), meta)
+            else:
+                _delete_owned(kube, "Deployment", namespace, mdcanary.canary_name(name), meta["uid"])
         except ChildRefused as error:
             return _finish(kube, obj, replace(obs, spec_error=str(error)), old)
         served = {"ScaledObject": keda, "PodMonitor": pod_monitor}
@@ -124,7 +147,12 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Out
                       failures=_with_logs(kube, namespace, mdstatus.pod_failures(pods), old),
                       autoscaling=spec.autoscaling,
                       autoscaler=kube.get("HorizontalPodAutoscaler", namespace, hpa_name(name, keda))
-                      if spec.autoscaling else None)
+                      if spec.autoscaling else None,
+                      canary=decision)
+        outcome = _finish(kube, obj, obs, old)
+        if decision.requeue_after is not None:
+            return replace(outcome, requeue_after=min(outcome.requeue_after, decision.requeue_after))
+        return outcome
     return _finish(kube, obj, obs, old)
 
 
@@ -157,22 +185,88 @@ def _apply_owned(kube: Kube, child: dict[str, Any], owner_meta: dict[str, Any]) 
 def _finish(kube: Kube, obj: dict[str, Any], obs: mdstatus.Observation, old: dict[str, Any]) -> Outcome:
     new = mdstatus.compute_status(obs, old)
     if new != old:
-        # A merge patch keeps keys it does not mention: clear the ones the new status no longer has.
-        kube.patch_status(KIND, obs.namespace, obs.name, {**{k: None for k in old if k not in new}, **new})
+        kube.patch_status(KIND, obs.namespace, obs.name, merge_patch(old, new))
     for event in mdstatus.events(old, new):
         post_event(kube, obj, event)
     settled = new["phase"] in ("Ready", "ScaledToZero", "Invalid")
     return Outcome(new["phase"], SETTLED_RESYNC_SECONDS if settled else UNSETTLED_RESYNC_SECONDS)
 
 
-def _strategy(kube: Kube, spec: DeploymentSpec) -> capacity.Strategy:
-    gpus = spec.gpus_per_pod
-    if not capacity.needs_capacity_check(spec.rollout, gpus):
-        return capacity.choose_strategy(spec.rollout, gpus, True)
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from `old` to `new`: a merge patch keeps keys it does not mention, so the ones `new` no
+    longer has are set to null (in nested objects too)."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        patch[key] = merge_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+    return patch
+
+
+def _strategy(kube: Kube, spec: DeploymentSpec, live: dict[str, Any] | None,
+              old: dict[str, Any] | None) -> capacity.Strategy:
+    requests = capacity.container_requests(spec.resources)
+    if not capacity.needs_capacity_check(spec.rollout, requests):
+        return capacity.choose_strategy(spec.rollout, requests, True)
+    if live and not mdstatus.rollout_complete(live, int(live["spec"].get("replicas") or 0)):
+        kept = capacity.keep_decision(spec.rollout, old)  # a rollout in flight keeps what was decided for it
+        if kept:
+            return kept
     nodes = kube.list_objects("Node")
     pods = kube.list_objects("Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed,spec.nodeName!=")
-    room = capacity.surge_fits(gpus, nodes, pods, spec.node_selector, spec.tolerations)
-    return capacity.choose_strategy(spec.rollout, gpus, room)
+    room = capacity.surge_fits(requests, nodes, pods, spec.node_selector, spec.tolerations)
+    return capacity.choose_strategy(spec.rollout, requests, room)
+
+
+def _canary_decision(kube: Kube, spec: DeploymentSpec, old: dict[str, Any] | None, deployment: dict[str, Any],
+                     live: dict[str, Any] | None, namespace: str, name: str,
+                     prometheus: str | None) -> mdcanary.Decision:
+    """Observe the stable and canary Deployments, decide the canary's next step, and measure when it asks."""
+    live_canary = kube.get("Deployment", namespace, mdcanary.canary_name(name))
+    candidate = template_hash(deployment["spec"]["template"])
+    replicas = int((live_canary or {}).get("spec", {}).get("replicas") or 0)
+    obs = mdcanary.Observed(
+        candidate=candidate,
+        stable=deployment_revision(live),
+        stable_complete=mdstatus.rollout_complete(live, int((live or {}).get("spec", {}).get("replicas") or 0)),
+        canary_ready=(deployment_revision(live_canary) == candidate and replicas == int((old or {}).get("canaryReplicas") or 0)
+                      and mdstatus.rollout_complete(live_canary, replicas)),
+        desired=spec.desired_replicas,
+        now=datetime.now(timezone.utc).replace(tzinfo=None),
+        ready_timeout_seconds=spec.startup_timeout_seconds,
+    )
+    decision = mdcanary.decide(spec.rollout.canary, old, obs)
+    if not decision.analyze:
+        return decision
+    assert spec.rollout.canary is not None and prometheus
+    window = spec.rollout.canary.steps[int(decision.status["step"]) - 1].pause_seconds
+    try:
+        checks = [mdcanary.evaluate(metric, *(_prometheus_value(prometheus, mdcanary.query(
+                      metric.name, namespace, name, canary, window)) for canary in (True, False)))
+                  for metric in spec.rollout.canary.metrics]
+    except (OSError, ValueError, KeyError) as error:  # Prometheus down or odd: retry, never judge on no answer
+        message = f"cannot query Prometheus at {prometheus}: {error}; retrying"
+        return replace(decision, analyze=False, requeue_after=UNSETTLED_RESYNC_SECONDS,
+                       status={**decision.status, "message": message})
+    return mdcanary.decide(spec.rollout.canary, old, obs, checks)
+
+
+def _prometheus_value(base: str, promql: str) -> float | None:
+    url = f"{base.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    with urllib.request.urlopen(url, timeout=PROMETHEUS_TIMEOUT_SECONDS) as response:
+        answer = json.loads(response.read())
+    if answer.get("status") != "success":
+        raise ValueError(f"{promql}: {answer.get('error', answer)}")
+    return mdcanary.value_of(answer["data"]["result"])
+
+
+def _hold(kube: Kube, live: dict[str, Any] | None, rendered: dict[str, Any]) -> dict[str, Any]:
+    """Keep the stable Deployment's pod template (a canary runs, or was rolled back); only its replicas follow."""
+    assert live is not None
+    replicas = rendered["spec"]["replicas"]
+    if live["spec"].get("replicas") == replicas:
+        return live
+    return kube.patch("Deployment", live["metadata"]["namespace"], live["metadata"]["name"],
+                      {"spec": {"replicas": replicas}})
 
 
 def _delete_owned(kube: Kube, kind: str, namespace: str, name: str, uid: str) -> None:
