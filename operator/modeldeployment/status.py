@@ -9,6 +9,7 @@ from typing import Any
 
 from modelfleet_operator import labels
 from modelfleet_operator.conditions import get_condition, set_condition
+from modelfleet_operator.events import Event
 from modelfleet_operator.modeldeployment.capacity import Strategy
 from modelfleet_operator.modeldeployment.render import CONTAINER, FETCH_CONTAINER, url
 from modelfleet_operator.modeldeployment.resolve import Resolution, ResolvedModel
@@ -63,13 +64,6 @@ class Observation:
     strategy: Strategy | None = None
     deployment: dict[str, Any] | None = None
     failures: list[Failure] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
 
 
 def pod_failures(pods: list[dict[str, Any]]) -> list[Failure]:
