@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from operator_trainingjobs import REPO, Operator, PodClock, percentile, run_burst, run_idle
+from operator_trainingjobs import REPO, Operator, PodClock, cluster_for, percentile, run_burst, run_idle
 
 CHUNK = 500  # objects per `kubectl apply` List
 PODS_PER_NODE = 110
@@ -104,15 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", help="an existing, empty cluster (default: start the local control plane)")
     args = parser.parse_args(argv)
 
-    cluster = None
-    if args.kubeconfig:
-        kubeconfig, env = args.kubeconfig, {**os.environ, "KUBECONFIG": args.kubeconfig}
-    else:
-        from modelfleet.localcluster import LocalCluster
-
-        cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), real_node=False)
-        cluster.up(timeout=180)
-        kubeconfig, env = cluster.kubeconfig, cluster.env
+    cluster, kubeconfig, env = cluster_for(args.kubeconfig)
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     try:
         kubectl = [str(cluster.bin_dir / "kubectl") if cluster else "kubectl", f"--kubeconfig={kubeconfig}"]

@@ -178,6 +178,18 @@ def run_burst(custom: client.CustomObjectsApi, clock: PodClock, namespace: str, 
     return created, all_pods, latencies
 
 
+def cluster_for(kubeconfig: str | None) -> tuple[Any, str, dict[str, str]]:
+    """(the cluster started here or None, its kubeconfig, the environment for the operator): an existing cluster,
+    or the local control plane with kwok nodes only (a scale test)."""
+    if kubeconfig:
+        return None, kubeconfig, {**os.environ, "KUBECONFIG": kubeconfig}
+    from modelfleet.localcluster import LocalCluster
+
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), real_node=False)
+    cluster.up(timeout=180)
+    return cluster, cluster.kubeconfig, cluster.env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
@@ -188,15 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", help="an existing cluster (default: start the local control plane)")
     args = parser.parse_args(argv)
 
-    cluster = None
-    if args.kubeconfig:
-        kubeconfig, env = args.kubeconfig, {**os.environ, "KUBECONFIG": args.kubeconfig}
-    else:
-        from modelfleet.localcluster import LocalCluster
-
-        cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), real_node=False)  # a scale test: kwok only
-        cluster.up(timeout=180)
-        kubeconfig, env = cluster.kubeconfig, cluster.env
+    cluster, kubeconfig, env = cluster_for(args.kubeconfig)
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     operators: list[Operator] = []
     try:

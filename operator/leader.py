@@ -58,6 +58,11 @@ class LeaderElector:
         self._leader: str | None = None
         self.is_leader = False
 
+    @property
+    def renewed_at(self) -> float:
+        """time.monotonic() of the last successful acquire or renewal."""
+        return self._renewed_at
+
     async def acquire(self) -> None:
         """Return once this process holds the Lease."""
         while not await self._try_acquire_or_renew():

@@ -27,10 +27,15 @@ DEPLOYMENTS = 3
 TAKEOVER_LIMIT_SECONDS = 25.0  # lease 15 s + retry 2 s + the new leader's start, on a loaded machine
 
 
+def metric(operator: OperatorProcess, series: str) -> float:
+    with urllib.request.urlopen(operator.metrics_url, timeout=2) as response:
+        line = next((l for l in response.read().decode().splitlines() if l.startswith(series + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
 def is_leader(operator: OperatorProcess) -> bool:
     try:
-        with urllib.request.urlopen(operator.metrics_url, timeout=2) as response:
-            return "modelfleet_operator_leader 1.0" in response.read().decode()
+        return metric(operator, "modelfleet_operator_leader") == 1
     except OSError:
         return False
 
@@ -70,7 +75,8 @@ def test_standby_takes_over_a_burst_without_losing_or_doubling_anything(jobs: Jo
     time.sleep(3)  # a standby that would (wrongly) lead says so on its first bid, within one retry period
     assert not is_leader(standby), "the second operator leads although the first holds the Lease"
     names = [f"fo-{i}" for i in range(JOBS)]
-    recorders = {name: PodRecorder(jobs.cluster, jobs.namespace, name) for name in names[:RESTARTED]}
+    recorders = {name: PodRecorder(jobs.cluster, jobs.namespace, name) for name in names[:RESTARTED + 1]}
+    trigger = recorders[names[RESTARTED]]
     try:
         # The ModelDeployments first, so that their rollouts (a new image) overlap the kill.
         for i in range(DEPLOYMENTS):
@@ -84,15 +90,27 @@ def test_standby_takes_over_a_burst_without_losing_or_doubling_anything(jobs: Jo
             jobs.wait_running_pods(name, 2, timeout=60)
             jobs.wait_phase(name, "Running", timeout=30)
 
-        # The burst: new jobs, failing pods (gang restarts) and rollouts, all at once; the leader dies amid it.
-        jobs.apply({"apiVersion": "v1", "kind": "List", "items": [
-            job_manifest(name, training={"steps": 10, "globalBatchSize": 4}) for name in names[RESTARTED:]]})
+        # The burst: failing pods (gang restarts), rollouts and new jobs, all at once; the leader dies amid it, once
+        # a restart is under way and the first of the new jobs' pods exists.
         for name in names[:RESTARTED]:
             jobs.end_pod(f"{name}-node-1", 1)
+        wait_for(lambda: any(jobs.status(n).get("restartCount") for n in names[:RESTARTED]), timeout=30,
+                 interval=0.05, what="a gang restart under way")
         for i in range(DEPLOYMENTS):
             jobs.apply(mdep(f"fo-md-{i}", 3, "3.10"))
-        leader.kill()
-        killed = time.monotonic()
+        killed_at: list[float] = []
+
+        def kill_once(_type: str, _pod: dict[str, Any]) -> None:
+            if not killed_at:
+                leader.kill()
+                killed_at.append(time.monotonic())
+
+        trigger.on_event = kill_once  # at the first pod of the burst's first job, from the watch's thread
+        jobs.apply({"apiVersion": "v1", "kind": "List", "items": [
+            job_manifest(name, training={"steps": 10, "globalBatchSize": 4}) for name in names[RESTARTED:]]})
+        wait_for(lambda: killed_at, timeout=30, interval=0.05, what="the first pod of the burst, to kill the leader")
+        trigger.on_event = None
+        killed = killed_at[0]
         wait_for(lambda: is_leader(standby), timeout=TAKEOVER_LIMIT_SECONDS, interval=0.1,
                  what="the standby to take the Lease over")
         takeover = time.monotonic() - killed
@@ -126,6 +144,8 @@ def test_standby_takes_over_a_burst_without_losing_or_doubling_anything(jobs: Jo
             doubled = {key: n for key, n in events_by(jobs, kind).items() if n > 1}
             assert not doubled, f"{kind} Events posted more than once: {doubled}"
         assert "became leader" in standby.log()
+        assert metric(standby, 'modelfleet_operator_pods_created_total{kind="TrainingJob"}') > 0, \
+            "the new leader created no pod: the leader was not killed mid-burst"
         assert standby.process is not None and standby.process.poll() is None
     finally:
         for recorder in recorders.values():
