@@ -58,7 +58,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # one Events path for both kinds: operator/events.py
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
-    settings.batching.worker_limit = 64
+    settings.queueing.worker_limit = 64
     for resource, selector in CHILD_SELECTORS.items():
         settings.watching.label_selectors[resource] = selector
 
@@ -126,15 +126,21 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> int:
                                                    namespaces=args.namespace, memo=memo_for(kube, config)))]
         if elector:
             tasks.append(asyncio.create_task(elector.hold()))
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if isinstance(task.exception(), LostLeadership):
                 # Stop writing now, before a standby can take the expired Lease: no cleanup, no further request.
                 log.error("lost leadership (%s); exiting so that only one replica writes", task.exception())
                 logging.shutdown()
                 os._exit(1)
+        # kopf has stopped (SIGTERM/SIGINT, or it failed): stop renewing, then hand the Lease over at once.
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if elector:
             await elector.release()
+        for task in done:
+            task.result()  # kopf's own failure is the process's
         return 0
     finally:
         await health.cleanup()

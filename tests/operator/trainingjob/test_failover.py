@@ -147,6 +147,13 @@ def test_standby_takes_over_a_burst_without_losing_or_doubling_anything(jobs: Jo
         assert metric(standby, 'modelfleet_operator_pods_created_total{kind="TrainingJob"}') > 0, \
             "the new leader created no pod: the leader was not killed mid-burst"
         assert standby.process is not None and standby.process.poll() is None
+
+        # A leader that is stopped (SIGTERM, as when its pod is deleted) hands the Lease over at once.
+        standby.stop()
+        assert standby.process.returncode == 0, standby.log()[-2000:]
+        lease = jobs.cluster.kubectl("get", "lease", standby.extra_env["MODELFLEET_LEADER_ELECTION_LEASE"], "-n",
+                                     "default", "-o", "json").stdout
+        assert json.loads(lease)["spec"]["holderIdentity"] == ""
     finally:
         for recorder in recorders.values():
             recorder.stop()
