@@ -7,6 +7,7 @@
   has lost: the caller must stop writing at once (main.py exits the process), before any standby can consider
   the Lease expired.
 - A leader that stops cleanly releases the Lease, so a standby takes over within one retry period.
+- Give the elector a client of its own (main.py does): renewals must not queue behind the controllers' requests.
 Writes use the Lease's resourceVersion, so two candidates can never both win the same term.
 """
 
@@ -73,10 +74,12 @@ class LeaderElector:
         """Renew until it fails for `renew_deadline`; then raise LostLeadership (never returns otherwise)."""
         while True:
             await asyncio.sleep(self.config.retry_period)
+            # As client-go: one attempt may take whatever is left of the renew deadline (a loaded API server).
+            left = self.config.renew_deadline - (time.monotonic() - self._renewed_at)
             try:
-                renewed = await asyncio.wait_for(self._try_acquire_or_renew(), self.config.retry_period * 2)
+                renewed = await asyncio.wait_for(self._try_acquire_or_renew(), max(left, self.config.retry_period))
             except Exception as error:  # noqa: BLE001 - any failure to renew counts against the deadline
-                log.warning("could not renew the leader lease: %s", error)
+                log.warning("could not renew the leader lease: %r", error)
                 renewed = False
             if not renewed and time.monotonic() - self._renewed_at > self.config.renew_deadline:
                 self._set_leader(False)

@@ -117,7 +117,9 @@ async def serve_health(port: int, elector: LeaderElector | None) -> web.AppRunne
 
 async def run(args: argparse.Namespace, config: OperatorConfig) -> int:
     kube = await Kube.from_environment()
-    elector = LeaderElector(kube, lease_config(config)) if config.leader_election else None
+    # Its own connections: a renewal must not wait behind a burst of reconciles in the controllers' pool.
+    lease_kube = await Kube.from_environment(pool_size=2)
+    elector = LeaderElector(lease_kube, lease_config(config)) if config.leader_election else None
     health = await serve_health(args.health_port or config.health_port, elector)
     try:
         if elector:
@@ -145,6 +147,7 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> int:
     finally:
         await health.cleanup()
         await kube.close()
+        await lease_kube.close()
 
 
 def main(argv: list[str]) -> int:
