@@ -5,8 +5,9 @@ operator process, side by side:
   * empty: a cluster with nothing but the operator's own objects;
   * crowded: the same plus --pods unrelated pods (bound to extra kwok nodes, which "run" them) and --configmaps
     unrelated ConfigMaps, created through `kubectl apply` of Lists before the operator starts.
-Each run: --runs TrainingJobs of 2 nodes one after another -> p50/p99 apply-to-both-pods latency, then a burst of
---burst jobs -> the operator's peak RSS (VmHWM). The operator's watches of pods and ConfigMaps carry server-side
+Each run: --runs TrainingJobs of 2 nodes one after another -> p50/p99 apply-to-both-pods latency; as a control,
+--runs pods created directly -> p50/p99 create-to-seen (the cluster's own latency, no operator involved); then a
+burst of --burst jobs -> the operator's peak RSS (VmHWM). The operator's watches of pods and ConfigMaps carry server-side
 label selectors (operator/main.py), so the crowded run should cost the same as the empty one.
 
     python bench/operator_scale.py [--pods 5000] [--configmaps 5000] [--runs 20] [--burst 50]
@@ -73,6 +74,18 @@ def crowd(kubectl: list[str], pods: int, configmaps: int) -> float:
     return time.perf_counter() - start
 
 
+def api_alone(core: client.CoreV1Api, clock: PodClock, namespace: str, runs: int, timeout: float) -> list[float]:
+    """The control: create a pod directly -> its watch event, without the operator (the cluster's own latency)."""
+    latencies = []
+    for i in range(runs):
+        pod = unrelated_pod(i, "bench-control")
+        pod["metadata"]["name"] = name = f"direct-{uuid.uuid4().hex[:6]}"
+        start = time.perf_counter()
+        core.create_namespaced_pod(namespace, pod)
+        latencies.append(clock.wait([name], timeout) - start)
+    return latencies
+
+
 def measure(env: dict[str, str], kubeconfig: str, kubectl: list[str], workdir: Path, label: str, runs: int,
             burst: int, timeout: float) -> dict[str, float]:
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
@@ -85,8 +98,10 @@ def measure(env: dict[str, str], kubeconfig: str, kubectl: list[str], workdir: P
     try:
         run_idle(custom, clock, namespace, 1, timeout, nodes=2)  # warm-up: election, connections, first imports
         idle = run_idle(custom, clock, namespace, runs, timeout, nodes=2)
+        direct = api_alone(core, clock, namespace, runs, timeout)
         _, all_pods, _ = run_burst(custom, clock, namespace, burst, 2, timeout)
         return {"p50_ms": percentile(idle, 50) * 1000, "p99_ms": percentile(idle, 99) * 1000,
+                "direct_p50_ms": percentile(direct, 50) * 1000, "direct_p99_ms": percentile(direct, 99) * 1000,
                 "burst_s": all_pods, "peak_rss_mb": operator.peak_rss_mb()}
     finally:
         operator.stop()
@@ -118,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [
             (f"1 job x 2 nodes, apply -> pods, p50 ({args.runs} runs)", "p50_ms", "{:.0f} ms"),
             (f"1 job x 2 nodes, apply -> pods, p99 ({args.runs} runs)", "p99_ms", "{:.0f} ms"),
+            (f"control, no operator: create 1 pod -> seen, p50 ({args.runs} runs)", "direct_p50_ms", "{:.0f} ms"),
+            (f"control, no operator: create 1 pod -> seen, p99 ({args.runs} runs)", "direct_p99_ms", "{:.0f} ms"),
             (f"burst: {args.burst} jobs x 2 nodes, all pods exist", "burst_s", "{:.1f} s"),
             ("operator peak RSS (VmHWM)", "peak_rss_mb", "{:.0f} MB"),
         ]
