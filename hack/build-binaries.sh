@@ -18,6 +18,7 @@ ETCD_VERSION=$(mod_version etcd go.etcd.io/etcd/server/v3)
 KWOK_VERSION=$(mod_version kwok sigs.k8s.io/kwok)
 HELM_VERSION=$(mod_version helm helm.sh/helm/v3)
 COREDNS_VERSION=$(mod_version coredns github.com/coredns/coredns)
+ADAPTER_VERSION=$(mod_version prometheus-adapter sigs.k8s.io/prometheus-adapter)
 k8s_minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 
 build() { # build <module dir> <output name> <package> [ldflags]
@@ -50,6 +51,8 @@ build helm "helm-$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
 # holds nothing else).
 build coredns "coredns-$COREDNS_VERSION" github.com/coredns/coredns \
   "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+# The custom metrics API for HorizontalPodAutoscalers, from Prometheus (modelfleet/localcluster/metricsadapter.py).
+build prometheus-adapter "prometheus-adapter-$ADAPTER_VERSION" sigs.k8s.io/prometheus-adapter/cmd/adapter
 CGO_ENABLED=0 build pause "pause-$(sha256sum "$here/go/pause/main.go" | cut -c1-12)" .
 
 # Stable names for callers, pointing at the pinned versions.
@@ -57,6 +60,7 @@ for pair in "etcd etcd-$ETCD_VERSION" "kube-apiserver kube-apiserver-$K8S_VERSIO
   "kube-controller-manager kube-controller-manager-$K8S_VERSION" "kube-scheduler kube-scheduler-$K8S_VERSION" \
   "kubectl kubectl-$K8S_VERSION" "kubelet kubelet-$K8S_VERSION" "kube-proxy kube-proxy-$K8S_VERSION" \
   "kwok kwok-$KWOK_VERSION" "helm helm-$HELM_VERSION" "coredns coredns-$COREDNS_VERSION" \
+  "prometheus-adapter prometheus-adapter-$ADAPTER_VERSION" \
   "pause pause-$(sha256sum "$here/go/pause/main.go" | cut -c1-12)"; do
   set -- $pair
   ln -sfn "$2" "$bin/$1"

@@ -10,7 +10,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("modelfleet.localcluster.cli", "the embedded local Kubernetes cluster: up, down, status"),
     "images": ("modelfleet.images", "build the container images without Docker (buildah) and load them into the real node"),
     "demo": ("modelfleet.demo", "the whole lifecycle on the local cluster: train, then serve, then query"),
-    "train": ("model_runtime.training.cli", "run the trainer (the program a TrainingJob's pods run)"),
+    "train": ("modelfleet.localtrain", "run the trainer (the program a TrainingJob's pods run); "
+                                       "-f trainingjob.yaml runs a TrainingJob manifest here"),
     "report-forward": ("model_runtime.training.report_forward",
                        "run your own training program and forward its progress reports to the operator"),
     "serve": ("model_runtime.serving.cli", "run the inference server (the program a ModelDeployment's pods run)"),

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="modelfleet train",
         description="Train a Llama-style language model (the program a TrainingJob's pods run).",
         epilog="exit codes: 0 success, 1 retryable failure, 65 data error, 70 non-finite loss, "
-               "73 output not writable (a full disk), 78 configuration error, 143 stopped by SIGTERM after a checkpoint",
+               "73 output not writable (a full disk), 78 configuration error, 143 stopped by SIGTERM after a checkpoint. "
+               "modelfleet train -f trainingjob.yaml [--claim NAME=DIR]: run a TrainingJob manifest on this machine.",
     )
     parser.add_argument("--config", default=os.environ.get(CONFIG_ENV),
                         help=f"JSON or YAML configuration file (default: ${CONFIG_ENV})")

@@ -5,6 +5,10 @@ operator shows its progress and model the same way.
 
 It polls the file twice a second, passes SIGTERM on to the program, sends a final ``Succeeded``
 report (with the model's path and digest) when the program exits 0, and exits with the program's code.
+
+``modelfleet report-forward --follow FILE`` forwards the reports another container appends to FILE until
+SIGTERM, then sends what is left as a final report: the operator runs it as a sidecar next to user code
+(spec.container), so the program's image needs nothing from modelfleet.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -73,6 +78,10 @@ class ReportForwarder:
         applied = [record for record in records if self._apply(record)]
         if applied:
             self.reporter.report(self.progress)
+
+    def flush(self) -> None:
+        """Send the latest report now (the ConfigMap reporter may have skipped it within its interval)."""
+        self.reporter.report(self.progress, final=True)
 
     def finish(self) -> None:
         self.progress = replace(self.progress, phase="Succeeded", eta_seconds=0.0)
@@ -163,21 +172,40 @@ def run(command: Sequence[str], env: dict[str, str], reporter: Reporter) -> int:
             Path(env[REPORT_FILE_ENV]).unlink(missing_ok=True)
 
 
+def follow(path: Path, reporter: Reporter, stop: threading.Event) -> int:
+    """Forward the reports appended to ``path`` until ``stop`` is set, then flush the last one."""
+    tail, forwarder = ReportTail(path), ReportForwarder(reporter)
+    while not stop.wait(POLL_SECONDS):
+        forwarder.forward(tail.records())
+    forwarder.forward(tail.records())
+    forwarder.flush()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="modelfleet report-forward",
         description="Run your training program and forward the progress it reports (MODELFLEET_REPORT_FILE, "
                     "see model_runtime.training.report) to modelfleet's progress reporters.",
     )
+    parser.add_argument("--follow", metavar="FILE", type=Path,
+                        help="forward what another program appends to FILE until SIGTERM (a sidecar), instead of "
+                             "running a program")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments, after --")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the program to run after --, e.g. modelfleet report-forward -- python train.py")
+    if bool(command) == bool(args.follow):
+        parser.error("give the program to run after -- (e.g. modelfleet report-forward -- python train.py), "
+                     "or --follow FILE")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [report-forward] %(message)s")
     env = dict(os.environ)
-    return run(command, env, Fanout(reporters_from_env(env)))
+    reporter = Fanout(reporters_from_env(env))
+    if args.follow:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        return follow(args.follow, reporter, stop)
+    return run(command, env, reporter)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
 KWOK_CONFIG = REPO_ROOT / "hack" / "kwok" / "kwok.yaml"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy",
-              "kwok", "helm", "coredns", "pause")
+              "kwok", "helm", "coredns", "pause", "prometheus-adapter")
 
 
 def cache_dir() -> Path:

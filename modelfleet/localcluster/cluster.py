@@ -29,13 +29,14 @@ from typing import Any, Callable
 from modelfleet.localcluster import hostnet, processes
 from modelfleet.localcluster.binaries import KWOK_CONFIG, cache_dir, ensure_binaries
 from modelfleet.localcluster.nodes import fake_nodes
-from modelfleet.localcluster.pki import Pki, create_pki
+from modelfleet.localcluster.pki import FRONT_PROXY_CLIENT, Pki, create_pki
 from modelfleet.localcluster.realnode import CONTAINERD_SOCKET, RealNode, dns_objects
 
 SERVICE_CIDR = hostnet.SERVICE_CIDR
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 REAL_NODE = ("containerd", "coredns", "kubelet", "kube-proxy")
 LOCAL_VOLUMES = 24
+HPA_SYNC_PERIOD = "5s"  # Kubernetes' default is 15 s; shorter, so that autoscaling tests see decisions sooner
 PORTS = ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
          "kubelet", "kube-proxy", "kube-proxy-metrics", "coredns", "coredns-ready")
 
@@ -236,7 +237,7 @@ class LocalCluster:
                     f"--kubelet-certificate-authority={pki.ca_cert}",
                     # never resolve the node's name through this machine's resolver
                     "--kubelet-preferred-address-types=InternalIP",
-                    f"--cert-dir={d / 'pki' / 'apiserver'}"]
+                    f"--cert-dir={d / 'pki' / 'apiserver'}", *self._aggregation_flags()]
         if name == "kube-controller-manager":
             kc = str(d / "controller-manager.kubeconfig")
             return [str(bins / "kube-controller-manager"), f"--kubeconfig={kc}",
@@ -245,7 +246,8 @@ class LocalCluster:
                     "--leader-elect=false", "--use-service-account-credentials=true",
                     f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
                     f"--cluster-signing-cert-file={pki.ca_cert}", f"--cluster-signing-key-file={pki.ca_key}",
-                    "--concurrent-gc-syncs=10", "--profiling=false", f"--cert-dir={d / 'pki' / 'kcm'}"]
+                    "--concurrent-gc-syncs=10", "--profiling=false", f"--cert-dir={d / 'pki' / 'kcm'}",
+                    f"--horizontal-pod-autoscaler-sync-period={HPA_SYNC_PERIOD}"]
         if name == "kube-scheduler":
             kc = str(d / "scheduler.kubeconfig")
             return [str(bins / "kube-scheduler"), f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
@@ -260,9 +262,21 @@ class LocalCluster:
             return self.node.command(name)
         raise ValueError(name)
 
+    def _aggregation_flags(self) -> list[str]:
+        """The API server as front proxy for aggregated APIs (the metrics adapter, metricsadapter.py): it calls
+        them with the front proxy's client certificate and names the user in request headers; it connects to
+        an APIService's endpoint address directly (the adapter runs on the host, not behind kube-proxy)."""
+        pki = self.pki
+        cert, key = pki.client(FRONT_PROXY_CLIENT)
+        return [f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}", "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={cert}", f"--proxy-client-key-file={key}", "--enable-aggregator-routing=true"]
+
     def _write_kubeconfigs(self, api_port: int) -> None:
         server = f"https://{self.api_host}:{api_port}"
-        clients = ["controller-manager", "scheduler", "kwok"] + (["kubelet", "kube-proxy", "coredns"] if self.real_node else [])
+        clients = ["controller-manager", "scheduler", "kwok", "metrics-adapter"] + (
+            ["kubelet", "kube-proxy", "coredns"] if self.real_node else [])
         for client, path in (("admin", self.kubeconfig), *((c, self.directory / f"{c}.kubeconfig") for c in clients)):
             cert, key = self.pki.client(client)
             config = {

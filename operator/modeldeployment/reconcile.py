@@ -19,6 +19,7 @@ from modelfleet_operator.controller import Outcome
 from modelfleet_operator.kube import Kube, is_not_found, namespace_terminating
 from modelfleet_operator.modeldeployment import capacity
 from modelfleet_operator.modeldeployment import status as mdstatus
+from modelfleet_operator.modeldeployment.autoscaling import hpa_name
 from modelfleet_operator.modeldeployment.render import (
     KEDA_CRD,
     PODMONITOR_CRD,
@@ -93,7 +94,10 @@ async def _reconcile(kube: Kube, namespace: str, name: str, config: OperatorConf
                 await _delete_owned(kube, kind, namespace, name, meta["uid"])
         pods = await kube.list_objects("Pod", namespace, label_selector=labels.selector(labels.runtime_labels(name)))
         obs = replace(obs, strategy=strategy, deployment=applied["Deployment"],
-                      failures=await _with_logs(kube, namespace, mdstatus.pod_failures(pods), old))
+                      failures=await _with_logs(kube, namespace, mdstatus.pod_failures(pods), old),
+                      autoscaling=spec.autoscaling,
+                      autoscaler=await kube.get("HorizontalPodAutoscaler", namespace, hpa_name(name, keda))
+                      if spec.autoscaling else None)
     return await _finish(kube, obj, obs, old)
 
 

@@ -16,7 +16,7 @@ from modelfleet_operator import API_VERSION, labels
 from modelfleet_operator.security import container_security_context, pod_security_context
 from modelfleet_operator.modeldeployment.capacity import Strategy
 from modelfleet_operator.modeldeployment.resolve import ResolvedModel
-from modelfleet_operator.modeldeployment.spec import DeploymentSpec, parse_model_uri
+from modelfleet_operator.modeldeployment.spec import Autoscaling, DeploymentSpec, parse_model_uri
 
 PORT = 8000
 PORT_NAME = "http"
@@ -177,8 +177,14 @@ def render_hpa(spec: DeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
                     "target": {"type": "AverageValue", "averageValue": quantity(scaling.target)},
                 },
             }],
+            "behavior": _behavior(scaling),
         },
     }
+
+
+def _behavior(scaling: Autoscaling) -> dict[str, Any]:
+    """Scale in only after the metric stayed low for the stabilization window (scale out stays immediate)."""
+    return {"scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds}}
 
 
 def render_scaled_object(spec: DeploymentSpec, ctx: RenderContext) -> dict[str, Any]:
@@ -198,6 +204,7 @@ def render_scaled_object(spec: DeploymentSpec, ctx: RenderContext) -> dict[str, 
             "scaleTargetRef": {"apiVersion": API_VERSION, "kind": "ModelDeployment", "name": ctx.name},
             "minReplicaCount": scaling.min_replicas,
             "maxReplicaCount": scaling.max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(scaling)}},
             "triggers": [{
                 "type": "prometheus",
                 "metricType": metric_type,

@@ -63,6 +63,7 @@ class Autoscaling:
     metric: str
     target: float
     prometheus_address: str | None = None
+    scale_down_stabilization_seconds: int = 300  # Kubernetes' default for HPAs
 
     @property
     def metric_name(self) -> str:
@@ -222,7 +223,10 @@ def _autoscaling(scaling: dict[str, Any]) -> Autoscaling:
         metric=scaling.get("metric", "WaitingRequests"),
         target=float(scaling["target"]),
         prometheus_address=scaling.get("prometheusAddress"),
+        scale_down_stabilization_seconds=int(scaling.get("scaleDownStabilizationSeconds", 300)),
     )
+    if not 0 <= result.scale_down_stabilization_seconds <= 3600:
+        raise SpecError("spec.autoscaling.scaleDownStabilizationSeconds must be between 0 and 3600")
     if result.metric not in METRICS:
         raise SpecError(f"spec.autoscaling.metric: {result.metric!r} is not one of {', '.join(METRICS)}")
     if result.min_replicas > result.max_replicas:

@@ -10,9 +10,11 @@ from typing import Any
 from modelfleet_operator import labels
 from modelfleet_operator.conditions import get_condition, set_condition
 from modelfleet_operator.events import Event
+from modelfleet_operator.modeldeployment.autoscaling import autoscaling_events, autoscaling_status
 from modelfleet_operator.modeldeployment.capacity import Strategy
 from modelfleet_operator.modeldeployment.render import CONTAINER, FETCH_CONTAINER, url
 from modelfleet_operator.modeldeployment.resolve import Resolution, ResolvedModel
+from modelfleet_operator.modeldeployment.spec import Autoscaling
 
 MAX_FAILURES = 5
 MAX_LOG_LINES = 20
@@ -64,6 +66,8 @@ class Observation:
     strategy: Strategy | None = None
     deployment: dict[str, Any] | None = None
     failures: list[Failure] = field(default_factory=list)
+    autoscaling: Autoscaling | None = None
+    autoscaler: dict[str, Any] | None = None  # its HorizontalPodAutoscaler (KEDA's, with KEDA) as read
 
 
 def pod_failures(pods: list[dict[str, Any]]) -> list[Failure]:
@@ -146,6 +150,8 @@ def compute_status(obs: Observation, old: dict[str, Any] | None, now: str | None
         status["model"] = obs.serving.to_status(obs.served_name)
     if obs.strategy:
         status["rollout"] = obs.strategy.to_status()
+    if obs.autoscaling and not obs.spec_error:
+        status["autoscaling"] = autoscaling_status(obs.autoscaling, obs.autoscaler, old.get("autoscaling"))
 
     conditions = old.get("conditions")
 
@@ -254,7 +260,9 @@ def events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Event]:
         result.append(Event("Normal", reason, progressing["message"]))
     elif progressing and progressing["reason"] in ("ReplicaFailure", "ProgressDeadlineExceeded"):
         result.append(Event("Warning", progressing["reason"], progressing["message"]))
-    if "desiredReplicas" in old and old["desiredReplicas"] != new.get("desiredReplicas"):
+    if "autoscaling" in new:  # the autoscaler's decisions, with its reasons
+        result += [Event(*event) for event in autoscaling_events(old.get("autoscaling"), new["autoscaling"])]
+    elif "desiredReplicas" in old and old["desiredReplicas"] != new.get("desiredReplicas"):
         result.append(Event("Normal", "Scaled",
                             f"scaled from {old['desiredReplicas']} to {new['desiredReplicas']} replicas"))
     seen = {_failure_key(f) for f in old.get("failures") or []}

@@ -81,13 +81,15 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome | None:
 
 
 async def _attach_logs(kube: Kube, namespace: str, plan: Plan) -> None:
-    """Fill failures[].lastLogLines, best effort and bounded in time (logs may be unavailable)."""
+    """Fill failures[].lastLogLines from the pods' logs, best effort and bounded in time; where they cannot be read,
+    the termination message's lines (FallbackToLogsOnError) that decide() put there stay."""
     if not plan.new_failures:
         return
     tails = await asyncio.gather(*(kube.log_tail(namespace, f["pod"], render.CONTAINER, LOG_LINES)
                                    for f in plan.new_failures))
     for failure, tail in zip(plan.new_failures, tails):
-        failure["lastLogLines"] = tail
+        if tail:
+            failure["lastLogLines"] = tail
 
 
 async def _patch_status(ctx: Context, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,13 @@
 """Desired child objects of a TrainingJob, as pure functions of its spec.
 
 A job owns: a headless Service (stable DNS for rank 0), one Pod per node, a ConfigMap with the trainer's
-configuration, and, for progress reports, a ConfigMap plus a ServiceAccount, Role and RoleBinding that
-let the pods patch that one ConfigMap and nothing else.
+configuration (not for user code), and, for progress reports, a ConfigMap plus a ServiceAccount, Role and
+RoleBinding that let the pods patch that one ConfigMap and nothing else.
+
+User code (spec.container) runs in the ``trainer`` container in place of ``modelfleet train``; on rank 0 a
+native sidecar (``report-forward``, the operator's trainer image) follows the JSON lines the program appends
+to ``MODELFLEET_REPORT_FILE`` and forwards them to the progress ConfigMap, so the program's image needs
+nothing from modelfleet.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from modelfleet_operator.trainingjob.spec import MASTER_PORT, JobSpec, Location
 
 KIND = "TrainingJob"
 CONTAINER = "trainer"
+REPORTER = "report-forward"
+REPORT_DIR = "/var/run/modelfleet"
+REPORT_FILE = f"{REPORT_DIR}/report.jsonl"
 CONFIG_DIR = "/etc/modelfleet"
 CONFIG_FILE = "trainer.json"
 PROGRESS_KEY = "progress"
@@ -91,9 +99,8 @@ def storage(spec: JobSpec) -> Storage:
     file:// URIs mount the parent directory so the trainer can write a temporary sibling and rename it
     into place. A volume is read-only when only inputs (data, base model) live on it.
     """
-    uses: list[tuple[Location, bool]] = [(spec.data, False), (spec.output, True), (spec.checkpoint, True)]
-    if spec.base_model:
-        uses.append((spec.base_model, False))
+    uses = [(loc, writable) for loc, writable in ((spec.data, False), (spec.output, True), (spec.checkpoint, True),
+                                                  (spec.base_model, False)) if loc is not None]
     sources: dict[tuple[str, str], bool] = {}  # (scheme, claim or host dir) -> writable
     paths: dict[str, str] = {}
     for loc, writable in uses:
@@ -118,9 +125,11 @@ def storage(spec: JobSpec) -> Storage:
     return Storage(tuple(volumes), tuple(mounts), paths)
 
 
-def trainer_config(spec: JobSpec) -> Obj:
-    """The trainer's configuration file: the spec's sections with URIs replaced by container paths."""
-    paths = storage(spec).paths
+def trainer_config(spec: JobSpec, paths: Mapping[str, str] | None = None) -> Obj:
+    """The trainer's configuration file: the spec's sections with URIs replaced by paths (by default the
+    container's; ``modelfleet train -f`` passes local directories)."""
+    assert spec.data is not None and spec.output is not None and spec.checkpoint is not None, "the built-in trainer's spec"
+    paths = storage(spec).paths if paths is None else paths
     config: Obj = {}
     if spec.model is not None:
         config["model"] = dict(spec.model)
@@ -182,7 +191,8 @@ def role_binding(spec: JobSpec, owner: Mapping[str, Any]) -> Obj:
 
 def supporting_objects(spec: JobSpec, owner: Mapping[str, Any]) -> list[Obj]:
     """Everything but the pods, in the order to create them (the pods need all of these)."""
-    return [service(spec, owner), config_map(spec, owner), progress_config_map(spec, owner),
+    config = [] if spec.user_code else [config_map(spec, owner)]
+    return [service(spec, owner), *config, progress_config_map(spec, owner),
             service_account(spec, owner), role(spec, owner), role_binding(spec, owner)]
 
 
@@ -194,40 +204,88 @@ def env(spec: JobSpec, rank: int) -> list[Obj]:
         "MASTER_PORT": str(MASTER_PORT),
         "WORLD_SIZE": str(spec.world_size),
         "RANK": str(rank),
+        "NODE_RANK": str(rank),
         "PET_NNODES": str(spec.nodes),
         "PET_NPROC_PER_NODE": str(spec.processes_per_node),
         "PET_NODE_RANK": str(rank),
         "PET_MASTER_ADDR": names.master_addr,
         "PET_MASTER_PORT": str(MASTER_PORT),
-        "MODELFLEET_TRAINER_CONFIG": f"{CONFIG_DIR}/{CONFIG_FILE}",
-        "MODELFLEET_PROGRESS_CONFIGMAP": names.progress,
-        "MODELFLEET_JOB_NAME": spec.name,
     }
+    if spec.user_code:
+        paths = storage(spec).paths
+        fixed["MODELFLEET_REPORT_FILE"] = REPORT_FILE
+        for name, loc in (("MODELFLEET_DATA_PATH", spec.data), ("MODELFLEET_OUTPUT_DIR", spec.output),
+                          ("MODELFLEET_CHECKPOINT_DIR", spec.checkpoint)):
+            if loc is not None:
+                fixed[name] = paths[loc.uri]
+    else:
+        fixed["MODELFLEET_TRAINER_CONFIG"] = f"{CONFIG_DIR}/{CONFIG_FILE}"
+        fixed["MODELFLEET_PROGRESS_CONFIGMAP"] = names.progress
+    fixed["MODELFLEET_JOB_NAME"] = spec.name
     return ([{"name": k, "value": v} for k, v in fixed.items()]
-            + [{"name": "MODELFLEET_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+            + [_NAMESPACE_ENV]
             + [dict(e) for e in spec.env])
 
 
+_NAMESPACE_ENV: Obj = {"name": "MODELFLEET_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+
+
+def report_sidecar(spec: JobSpec, image: str, pull_policy: str, mounts: list[Obj]) -> Obj:
+    """A native sidecar (an init container that keeps running) forwarding the user code's reports; it sees the
+    program's volumes read-only, so it can digest the model directory the program reports."""
+    return {
+        "name": REPORTER,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "restartPolicy": "Always",
+        "command": ["modelfleet", "report-forward", "--follow", REPORT_FILE],
+        "env": [{"name": "MODELFLEET_PROGRESS_CONFIGMAP", "value": Names(spec.name).progress}, _NAMESPACE_ENV],
+        "volumeMounts": [{**m, "readOnly": True} for m in mounts],
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(),
+    }
+
+
 def pod(spec: JobSpec, owner: Mapping[str, Any], rank: int, attempt: int, image: str, pull_policy: str) -> Obj:
-    """The pod of one node rank for one attempt (restartCount); it passes Pod Security "restricted"."""
+    """The pod of one node rank for one attempt (restartCount); it passes Pod Security "restricted".
+
+    ``image`` is the operator's trainer image: the built-in trainer's (unless spec.image), and the report
+    sidecar's for user code."""
     names = Names(spec.name)
     store = storage(spec)
     meta = _meta(names.pod(rank), spec, owner, {labels.NODE_RANK: str(rank)})
     meta["annotations"] = {ATTEMPT_ANNOTATION: str(attempt)}
-    if rank == 0:  # only rank 0 serves the trainer's metrics (used where no PodMonitor is installed)
+    if rank == 0 and not spec.user_code:  # only rank 0 serves the trainer's metrics (where no PodMonitor is installed)
         meta["annotations"].update({"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
                                     "prometheus.io/path": "/metrics"})
+    ports = [{"name": "c10d", "containerPort": MASTER_PORT, "protocol": "TCP"}]
+    if spec.user_code:
+        assert spec.container is not None
+        own_mounts = [{"name": "modelfleet-report", "mountPath": REPORT_DIR}]
+        own_volumes = [{"name": "modelfleet-report", "emptyDir": {}}]
+        program: Obj = {"image": spec.container.image}
+        if spec.container.command:
+            program["command"] = list(spec.container.command)
+        if spec.container.args:
+            program["args"] = list(spec.container.args)
+        if spec.container.working_dir:
+            program["workingDir"] = spec.container.working_dir
+    else:
+        own_mounts = [{"name": "modelfleet-config", "mountPath": CONFIG_DIR, "readOnly": True}]
+        own_volumes = [{"name": "modelfleet-config", "configMap": {"name": names.config}}]
+        program = {"image": spec.image or image, "command": ["modelfleet", "train"]}
+        ports.append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
+    mounts = [*own_mounts, {"name": "modelfleet-shm", "mountPath": "/dev/shm"}, *store.mounts, *spec.volume_mounts]
     container: Obj = {
         "name": CONTAINER,
-        "image": spec.image or image,
+        **program,
         "imagePullPolicy": pull_policy,
-        "command": ["modelfleet", "train"],
         "env": env(spec, rank),
-        "ports": [{"name": "c10d", "containerPort": MASTER_PORT, "protocol": "TCP"},
-                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "volumeMounts": [{"name": "modelfleet-config", "mountPath": CONFIG_DIR, "readOnly": True},
-                         {"name": "modelfleet-shm", "mountPath": "/dev/shm"},
-                         *store.mounts, *spec.volume_mounts],
+        "ports": ports,
+        "volumeMounts": mounts,
+        # A failed container's last log lines become its termination message (status.failures[].lastLogLines).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
     }
     if spec.resources:
@@ -240,10 +298,13 @@ def pod(spec: JobSpec, owner: Mapping[str, Any], rank: int, attempt: int, image:
         "enableServiceLinks": False,  # many jobs per namespace would otherwise flood the env with *_SERVICE_* vars
         "securityContext": pod_security_context(),
         "containers": [container],
-        "volumes": [{"name": "modelfleet-config", "configMap": {"name": names.config}},
-                    {"name": "modelfleet-shm", "emptyDir": {"medium": "Memory"}},
+        "volumes": [*own_volumes, {"name": "modelfleet-shm", "emptyDir": {"medium": "Memory"}},
                     *store.volumes, *spec.volumes],
     }
+    if spec.user_code and rank == 0:
+        pod_spec["initContainers"] = [report_sidecar(spec, image, pull_policy, mounts)]
+    if spec.run_policy.termination_grace_period_seconds is not None:
+        pod_spec["terminationGracePeriodSeconds"] = spec.run_policy.termination_grace_period_seconds
     if spec.node_selector:
         pod_spec["nodeSelector"] = spec.node_selector
     if spec.tolerations:

@@ -20,6 +20,7 @@ MASTER_PORT = 29500
 RESERVED_ENV = frozenset({
     "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",
     "MODELFLEET_TRAINER_CONFIG", "MODELFLEET_PROGRESS_CONFIGMAP", "MODELFLEET_JOB_NAME", "MODELFLEET_NAMESPACE",
+    "MODELFLEET_REPORT_FILE", "MODELFLEET_DATA_PATH", "MODELFLEET_OUTPUT_DIR", "MODELFLEET_CHECKPOINT_DIR",
 })
 RESERVED_ENV_PREFIX = "PET_"
 CLEAN_POD_POLICIES = ("None", "Running", "All")
@@ -48,6 +49,18 @@ class RunPolicy:
     ttl_seconds_after_finished: int | None = None
     suspend: bool = False
     clean_pod_policy: str = "Running"
+    termination_grace_period_seconds: int | None = None
+    progress_deadline_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class UserContainer:
+    """spec.container: the user's own training program, run instead of the built-in trainer."""
+
+    image: str
+    command: tuple[str, ...]
+    args: tuple[str, ...]
+    working_dir: str | None
 
 
 @dataclass(frozen=True)
@@ -59,9 +72,9 @@ class JobSpec:
     nodes: int
     processes_per_node: int
     image: str | None
-    data: Location
-    output: Location
-    checkpoint: Location
+    data: Location | None  # None only for user code (spec.container) without spec.data
+    output: Location | None  # likewise
+    checkpoint: Location | None  # likewise (defaults to the output's sibling when there is an output)
     base_model: Location | None
     # Trainer sections passed through to its configuration (URIs excluded).
     model: dict[str, Any] | None
@@ -78,10 +91,15 @@ class JobSpec:
     volumes: list[dict[str, Any]]
     volume_mounts: list[dict[str, Any]]
     run_policy: RunPolicy = field(default_factory=RunPolicy)
+    container: UserContainer | None = None
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.processes_per_node
+
+    @property
+    def user_code(self) -> bool:
+        return self.container is not None
 
 
 def parse_uri(uri: Any, where: str) -> Location:
@@ -114,14 +132,41 @@ def gpus_per_node(resources: Mapping[str, Any]) -> int:
         raise SpecError(f"spec.resources.limits[{GPU_RESOURCE}]: must be a whole number of GPUs ({value!r})") from None
 
 
+def parse_container(raw: Any) -> UserContainer:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("image"), str) or not raw["image"].strip():
+        raise SpecError("spec.container.image: is required (the image of your training program)")
+    lists = {}
+    for key in ("command", "args"):
+        value = raw.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SpecError(f"spec.container.{key}: must be a list of strings")
+        lists[key] = tuple(value)
+    working_dir = raw.get("workingDir") or None
+    if working_dir is not None and not str(working_dir).startswith("/"):
+        raise SpecError(f"spec.container.workingDir: must be an absolute path ({working_dir})")
+    return UserContainer(raw["image"], lists["command"], lists["args"], working_dir)
+
+
+# The built-in trainer's sections, which mean nothing to user code.
+TRAINER_ONLY = ("model", "baseModel", "tokenizer", "training")
+
+
 def parse_spec(name: str, namespace: str, spec: Mapping[str, Any]) -> JobSpec:
     """Validate and normalise a TrainingJob's spec (as stored: schema defaults already applied)."""
-    has_model, has_base = bool(spec.get("model")), bool(spec.get("baseModel"))
-    if has_model == has_base:
-        raise SpecError("spec.model: set exactly one of spec.model and spec.baseModel")
-    for key in ("data", "training", "output"):
-        if not isinstance(spec.get(key), Mapping):
-            raise SpecError(f"spec.{key}: is required")
+    container = parse_container(spec["container"]) if spec.get("container") is not None else None
+    if container is not None:
+        extra = [key for key in TRAINER_ONLY if spec.get(key)] + (["image"] if spec.get("image") else [])
+        if extra:
+            raise SpecError(f"spec.{extra[0]}: applies only to the built-in trainer; with spec.container your program "
+                            "decides what to train (set the image in spec.container.image)")
+    else:
+        has_model, has_base = bool(spec.get("model")), bool(spec.get("baseModel"))
+        if has_model == has_base:
+            raise SpecError("spec.model: set exactly one of spec.model and spec.baseModel (or run your own code with "
+                            "spec.container)")
+        for key in ("data", "training", "output"):
+            if not isinstance(spec.get(key), Mapping):
+                raise SpecError(f"spec.{key}: is required (unless spec.container runs your own code)")
 
     # Quantities may be written as numbers (nvidia.com/gpu: 8); the API's schema for pods wants strings.
     resources = {kind: {name: str(value) for name, value in (values or {}).items()}
@@ -132,29 +177,35 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any]) -> JobSpec:
     if nodes < 1:
         raise SpecError("spec.nodes: must be at least 1")
 
-    training = dict(spec["training"])
-    global_batch = int(training.get("globalBatchSize", 0))
-    micro = int(training.get("microBatchSize") or 1)
-    if global_batch < 1 or global_batch % (nodes * ppn * micro):
-        raise SpecError(
-            "spec.training.globalBatchSize: must be divisible by nodes x processesPerNode x training.microBatchSize "
-            f"(= {nodes * ppn * micro}), got {global_batch}"
-        )
+    training = dict(spec.get("training") or {})
+    if container is None:
+        global_batch = int(training.get("globalBatchSize", 0))
+        micro = int(training.get("microBatchSize") or 1)
+        if global_batch < 1 or global_batch % (nodes * ppn * micro):
+            raise SpecError(
+                "spec.training.globalBatchSize: must be divisible by nodes x processesPerNode x training.microBatchSize "
+                f"(= {nodes * ppn * micro}), got {global_batch}"
+            )
 
     env = [dict(e) for e in spec.get("env") or []]
     reserved = sorted(e["name"] for e in env if e.get("name") in RESERVED_ENV or str(e.get("name")).startswith(RESERVED_ENV_PREFIX))
     if reserved:
         raise SpecError(f"spec.env: {', '.join(reserved)} is reserved: the operator sets it")
 
-    data = dict(spec["data"])
-    output = parse_uri(spec["output"].get("uri"), "spec.output.uri")
+    data = dict(spec.get("data") or {})
+    data_uri = data.pop("uri", None)
+    output = parse_uri(spec["output"].get("uri"), "spec.output.uri") if spec.get("output") else None
     checkpoint = dict(spec.get("checkpoint") or {})
-    checkpoint_uri = checkpoint.pop("uri", None) or output.uri.rstrip("/") + "-checkpoints"
+    checkpoint_uri = checkpoint.pop("uri", None) or (output.uri.rstrip("/") + "-checkpoints" if output else None)
 
     policy = dict(spec.get("runPolicy") or {})
     clean = policy.get("cleanPodPolicy", "Running")
     if clean not in CLEAN_POD_POLICIES:
         raise SpecError(f"spec.runPolicy.cleanPodPolicy: must be one of {', '.join(CLEAN_POD_POLICIES)}")
+    for key, least in (("terminationGracePeriodSeconds", 0), ("progressDeadlineSeconds", 1)):
+        value = policy.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise SpecError(f"spec.runPolicy.{key}: must be a whole number of seconds, at least {least} ({value!r})")
 
     return JobSpec(
         name=name,
@@ -162,11 +213,11 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any]) -> JobSpec:
         nodes=nodes,
         processes_per_node=ppn,
         image=spec.get("image") or None,
-        data=parse_uri(data.pop("uri", None), "spec.data.uri"),
+        data=parse_uri(data_uri, "spec.data.uri") if (container is None or data_uri) else None,
         output=output,
-        checkpoint=parse_uri(checkpoint_uri, "spec.checkpoint.uri"),
-        base_model=parse_uri(spec["baseModel"].get("uri"), "spec.baseModel.uri") if has_base else None,
-        model=dict(spec["model"]) if has_model else None,
+        checkpoint=parse_uri(checkpoint_uri, "spec.checkpoint.uri") if checkpoint_uri else None,
+        base_model=parse_uri(spec["baseModel"].get("uri"), "spec.baseModel.uri") if spec.get("baseModel") else None,
+        model=dict(spec["model"]) if spec.get("model") else None,
         data_options=data,
         tokenizer=dict(spec.get("tokenizer") or {}),
         training=training,
@@ -185,7 +236,10 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any]) -> JobSpec:
             ttl_seconds_after_finished=policy.get("ttlSecondsAfterFinished"),
             suspend=bool(policy.get("suspend", False)),
             clean_pod_policy=clean,
+            termination_grace_period_seconds=policy.get("terminationGracePeriodSeconds"),
+            progress_deadline_seconds=policy.get("progressDeadlineSeconds"),
         ),
+        container=container,
     )
 
 

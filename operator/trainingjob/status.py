@@ -32,6 +32,8 @@ PERMANENT_EXIT_REASONS: dict[int, str] = {
     exitcodes.CONFIG_ERROR: "ConfigurationError",
 }
 MAX_FAILURES = 10
+LOG_LINES = 20
+LOG_LINE_CHARS = 500
 # How long to wait, after rank 0 succeeded, for its final progress report (which carries the model digest).
 FINAL_REPORT_GRACE_SECONDS = 15.0
 
@@ -52,6 +54,8 @@ class PodState:
     finished_at: dt.datetime | None
     deleting: bool
     unschedulable: str | None  # the scheduler's message while it cannot place the pod
+    disruption: str | None = None  # the DisruptionTarget condition's "reason: message" (eviction, preemption, drain)
+    log_tail: tuple[str, ...] = ()  # the termination message's last lines (FallbackToLogsOnError: the log's)
 
     @property
     def active(self) -> bool:
@@ -103,10 +107,13 @@ def observe_pod(pod: Mapping[str, Any]) -> PodState:
     for container in status.get("containerStatuses") or []:
         if container.get("name") == CONTAINER:
             terminated = (container.get("state") or {}).get("terminated") or {}
-    unschedulable = None
+    unschedulable = disruption = None
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
             unschedulable = cond.get("message") or "the scheduler cannot place the pod"
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            disruption = ": ".join(str(cond[k]) for k in ("reason", "message") if cond.get(k)) or "DisruptionTarget"
+    lines = str(terminated.get("message") or "").splitlines()
     return PodState(
         name=meta.get("name", ""),
         rank=_int((meta.get("labels") or {}).get(labels.NODE_RANK)),
@@ -120,12 +127,14 @@ def observe_pod(pod: Mapping[str, Any]) -> PodState:
         finished_at=parse_time(terminated.get("finishedAt")),
         deleting=bool(meta.get("deletionTimestamp")),
         unschedulable=unschedulable,
+        disruption=disruption,
+        log_tail=tuple(line[:LOG_LINE_CHARS] for line in lines[-LOG_LINES:]),
     )
 
 
 def failure_record(pod: PodState, attempt: int, now: dt.datetime) -> dict[str, Any]:
     record: dict[str, Any] = {"pod": pod.name, "rank": pod.rank, "attempt": attempt, "reason": pod.reason or "Failed",
-                              "message": pod.message, "lastLogLines": [], "time": iso(now)}
+                              "message": pod.message, "lastLogLines": list(pod.log_tail), "time": iso(now)}
     if pod.node:
         record["node"] = pod.node
     if pod.exit_code is not None:
@@ -157,6 +166,7 @@ class _Decider:
         self.status["observedGeneration"] = self.generation
         self.status.setdefault("restartCount", 0)
         self.attempt: int = self.status["restartCount"]
+        self.disruptions: int = self.status.get("disruptions") or 0
         self.pods = [observe_pod(p) for p in pods]
         self.progress = (job.get("status") or {}).get("progress")
 
@@ -181,12 +191,36 @@ class _Decider:
             self.event("Warning" if warning else "Normal", reason, message)
         self.status["phase"] = phase
 
+    def ours(self, spec: JobSpec, pod: PodState) -> bool:
+        """A pod of this job's current attempt (terminating or not)."""
+        return (pod.rank is not None and 0 <= pod.rank < spec.nodes and pod.attempt == self.attempt
+                and pod.owner_uid == self.meta.get("uid"))
+
     def current(self, spec: JobSpec) -> dict[int, PodState]:
         """This attempt's pods by rank; any other pod of the job (older attempt, older job, terminating) is stale."""
-        uid = self.meta.get("uid")
-        return {p.rank: p for p in self.pods
-                if p.rank is not None and 0 <= p.rank < spec.nodes and p.attempt == self.attempt
-                and p.owner_uid == uid and not p.deleting}
+        return {p.rank: p for p in self.pods if self.ours(spec, p) and not p.deleting}  # type: ignore[misc]
+
+    def disrupted(self, spec: JobSpec) -> list[str]:
+        """Why pods of this attempt are being taken away by something other than this controller: evicted,
+        preempted or drained (the DisruptionTarget condition), deleted while running, or gone altogether (seen in
+        this attempt by an earlier pass, status.nodes, and missing now). This controller deletes pods of the
+        current attempt only when the job finishes or is suspended, which return before this is asked."""
+        causes = []
+        for p in sorted(self.pods, key=lambda p: p.rank or 0):
+            if self.ours(spec, p) and p.phase != "Succeeded" and (p.deleting or p.disruption):
+                where = f" on {p.node}" if p.node else ""
+                why = f"disrupted ({p.disruption})" if p.disruption else "deleted while running"
+                causes.append(f"pod {p.name}{where} was {why}")
+        present = {p.rank for p in self.pods if self.ours(spec, p)}
+        for node in self.old.get("nodes") or []:
+            if node.get("phase") in ("Pending", "Running") and node.get("rank") not in present:
+                causes.append(f"pod {node.get('pod')} was deleted while running (it is gone)")
+        return causes
+
+    @property
+    def counted_restarts(self) -> int:
+        """Restarts that count against backoffLimit: all but those after disruptions."""
+        return self.attempt - self.disruptions
 
     def node_states(self, spec: JobSpec, pods: dict[int, PodState]) -> list[dict[str, Any]]:
         names = Names(spec.name)
@@ -224,6 +258,11 @@ class _Decider:
             return self.plan
 
         pods = self.current(spec)
+        rank0_done = pods.get(0) is not None and pods[0].phase == "Succeeded"
+        disrupted = [] if rank0_done else self.disrupted(spec)
+        if disrupted:
+            self.handle_disruption(spec, pods, disrupted)
+            return self.plan
         stale = [p for p in self.pods if p not in pods.values()]
         if stale:
             self.plan.delete_pods = [p.name for p in stale if not p.deleting]
@@ -236,7 +275,7 @@ class _Decider:
         failed = [p for p in pods.values() if p.phase == "Failed"]
         if failed:
             self.handle_failures(spec, pods, failed)
-        elif pods.get(0) is not None and pods[0].phase == "Succeeded":
+        elif rank0_done:
             self.handle_rank0_succeeded(spec, pods[0])
         else:
             self.run(spec, pods)
@@ -252,6 +291,7 @@ class _Decider:
         self.plan.delete_pods = [p.name for p in self.pods if not p.deleting]
         self.status["nodes"] = []
         self.status.pop("startTime", None)  # the deadline clock restarts on resume, as for a Kubernetes Job
+        self.status.pop("lastProgress", None)  # and so does the progress deadline's
         self.condition("Suspended", True, "Suspended", "spec.runPolicy.suspend is true; the job's pods are deleted")
         self.condition("Running", False, "Suspended", "the job is suspended")
         self.enter(SUSPENDED, "Suspended", "the job is suspended; deleting its pods")
@@ -279,24 +319,77 @@ class _Decider:
             pod = permanent[0]
             reason = PERMANENT_EXIT_REASONS[pod.exit_code]
             self.finish(spec, FAILED, reason, f"{describe(pod)}; exit code {pod.exit_code} is not retried")
-        elif self.attempt >= spec.run_policy.backoff_limit:
-            self.finish(spec, FAILED, "BackoffLimitExceeded",
-                        f"{describe(failed[0])}; {self.attempt} restart(s) reached spec.runPolicy.backoffLimit "
-                        f"({spec.run_policy.backoff_limit})")
         else:
-            self.attempt += 1
-            self.status["restartCount"] = self.attempt
-            self.plan.restart_reason = failed[0].reason or "Failed"
-            self.plan.delete_pods = [p.name for p in pods.values()]
-            message = f"{describe(failed[0])}; restarting all {spec.nodes} pod(s) (restart {self.attempt} of at most " \
-                      f"{spec.run_policy.backoff_limit})"
-            self.condition("Restarting", True, "PodFailed", message)
-            self.condition("Running", False, "Restarting", "the pods are being recreated")
-            self.status["phase"] = RESTARTING
-            self.event("Warning", "Restarting", message)
+            self.restart_counted(spec, pods, "PodFailed", failed[0].reason or "Failed", describe(failed[0]))
+
+    def restart_counted(self, spec: JobSpec, pods: dict[int, PodState], reason: str, metric_reason: str,
+                        cause: str) -> None:
+        """A gang restart that counts against backoffLimit, or the job's failure once the limit is reached."""
+        limit = spec.run_policy.backoff_limit
+        if self.counted_restarts >= limit:
+            self.finish(spec, FAILED, "BackoffLimitExceeded",
+                        f"{cause}; {self.counted_restarts} restart(s) reached spec.runPolicy.backoffLimit ({limit})")
+            return
+        self.restart(spec, pods, reason, metric_reason,
+                     f"{cause}; restarting all {spec.nodes} pod(s) (restart {self.counted_restarts + 1} of at most {limit})")
+
+    def restart(self, spec: JobSpec, pods: dict[int, PodState], reason: str, metric_reason: str, message: str) -> None:
+        """Delete every pod of this attempt; the next reconcile creates the next attempt's once they are gone."""
+        self.attempt += 1
+        self.status["restartCount"] = self.attempt
+        self.plan.restart_reason = metric_reason
+        self.plan.delete_pods = [p.name for p in pods.values()]
+        self.status["nodes"] = self.node_states(spec, {})  # the next attempt's pods are yet to be seen
+        self.condition("Restarting", True, reason, message)
+        self.condition("Running", False, "Restarting", "the pods are being recreated")
+        self.status["phase"] = RESTARTING
+        self.event("Warning", "Restarting", message)
+
+    def handle_disruption(self, spec: JobSpec, pods: dict[int, PodState], causes: list[str]) -> None:
+        """Eviction, preemption, drain or deletion: restart the gang without counting against backoffLimit."""
+        cause = causes[0]
+        self.disruptions += 1
+        self.status["disruptions"] = self.disruptions
+        self.event("Warning", "Disrupted", cause)
+        self.restart(spec, pods, "Disrupted", "Disrupted",
+                     f"{cause}; restarting all {spec.nodes} pod(s) (disruption {self.disruptions}; disruptions do not "
+                     "count against spec.runPolicy.backoffLimit)")
+
+    def check_stall(self, spec: JobSpec, pods: dict[int, PodState]) -> bool:
+        """spec.runPolicy.progressDeadlineSeconds: restart (counted) when the reported step has not changed for that
+        long since this attempt's pods all ran. True when it restarted or failed the job."""
+        limit = spec.run_policy.progress_deadline_seconds
+        if not limit:
+            return False
+        step = (self.progress or {}).get("step")
+        seen = self.status.get("lastProgress") or {}
+        if seen.get("attempt") != self.attempt or seen.get("step") != step:
+            if seen.get("attempt") == self.attempt and self.has_condition("Stalled"):
+                self.condition("Stalled", False, "Progressing", f"step {step} reported")
+            # No "step": null (a merge patch would drop it, and every pass would write it again).
+            self.status["lastProgress"] = {"attempt": self.attempt, "time": iso(self.now),
+                                           **({"step": step} if step is not None else {})}
+            self.plan.requeue(limit)
+            return False
+        since = parse_time(seen.get("time")) or self.now
+        left = limit - (self.now - since).total_seconds()
+        if left > 0:
+            self.plan.requeue(left)
+            return False
+        at = f"step {step}" if step is not None else "no step reported"
+        message = (f"no progress for {limit}s (spec.runPolicy.progressDeadlineSeconds): {at} since {iso(since)}")
+        self.condition("Stalled", True, "ProgressDeadlineExceeded", message)
+        self.event("Warning", "Stalled", message)
+        self.restart_counted(spec, pods, "Stalled", "Stalled", f"the job stalled: {message}")
+        return True
 
     def handle_rank0_succeeded(self, spec: JobSpec, rank0: PodState) -> None:
-        digest = final_digest(self.progress)
+        if spec.output is None:  # user code without spec.output: nothing to record
+            self.finish(spec, SUCCEEDED, "Completed", "training finished")
+            return
+        # The built-in trainer's final report says Succeeded; user code's reports come from the sidecar, which
+        # cannot know how the program ended, so its last reported model digest is the one.
+        digest = (self.progress or {}).get("outputDigest") if spec.user_code else final_digest(self.progress)
         if digest is None and rank0.finished_at is not None:
             waited = (self.now - rank0.finished_at).total_seconds()
             if waited < FINAL_REPORT_GRACE_SECONDS:
@@ -319,6 +412,8 @@ class _Decider:
                 self.event("Normal", "PodsCreated", f"creating {spec.nodes} pod(s) (attempt {self.attempt})")
         self.status.setdefault("startTime", iso(self.now))
         if not missing and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
+            if self.check_stall(spec, pods):
+                return
             if self.has_condition("Restarting"):
                 self.condition("Restarting", False, "PodsRunning", f"all pods of attempt {self.attempt} are running")
             self.condition("Running", True, "PodsRunning", f"all {spec.nodes} pod(s) are running")

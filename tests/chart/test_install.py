@@ -227,8 +227,12 @@ def operator_as_service_account(cluster: LocalCluster, release: Release,
     directory = tmp_path_factory.mktemp("sa-operator")
     kubeconfig = service_account_kubeconfig(cluster, release, directory / "kubeconfig")
     # OperatorProcess only reads `.env` of the cluster it is given.
+    # It bids for the release's own Lease (the only one the chart lets it use), beside the release's operator pods:
+    # whichever of them leads creates the children, with only the chart's permissions.
     process = OperatorProcess(SimpleNamespace(env={**cluster.env, "KUBECONFIG": str(kubeconfig)}),  # type: ignore[arg-type]
-                              directory / "operator.log")
+                              directory / "operator.log",
+                              {"MODELFLEET_LEADER_ELECTION_NAMESPACE": release.namespace,
+                               "MODELFLEET_LEADER_ELECTION_LEASE": release.service_account})
     process.start()
     try:
         yield process

@@ -1,14 +1,20 @@
 """Helpers for tests on the local cluster's real node: pods from the project's images, claims on the node's
-local volumes, and the kubelet-side view of a container (its cgroup), all against real components."""
+local volumes, a tiny model on a claim, the kubelet-side view of a container (its cgroup), and the metrics
+pipeline (a real Prometheus scraping the pods, prometheus-adapter serving the custom metrics API), all against
+real components."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from modelfleet.localcluster import LocalCluster
+from modelfleet.localcluster.metricsadapter import MetricsAdapter
+from modelfleet.localcluster.prometheus import Prometheus
 from modelfleet.localcluster.realnode import NODE_NAME
 from modelfleet_operator.security import container_security_context, pod_security_context
 from tests.helpers import wait_for
@@ -84,3 +90,34 @@ def events(cluster: LocalCluster, namespace: str, pod: str) -> list[str]:
     found = json.loads(cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                                        f"involvedObject.name={pod}", "-o", "json").stdout)["items"]
     return [f"{e['reason']}: {e.get('message', '')}" for e in found]
+
+
+def tiny_model(cluster: LocalCluster, namespace: str, claim_name: str = "models") -> str:
+    """A tiny random Llama with the byte tokenizer on a new claim; returns its URI (pvc://CLAIM/tiny)."""
+    from model_runtime.artifact import save_model_dir
+    from model_runtime.llama import LlamaConfig, LlamaForCausalLM
+    from model_runtime.tokenizer import byte_tokenizer
+
+    model_dir = claim(cluster, namespace, claim_name) / "tiny"
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256))
+    model.init_weights(0, std=0.2)
+    save_model_dir(model, byte_tokenizer(), model_dir)
+    for path in [model_dir, *model_dir.rglob("*")]:  # written here as root; the runtime pod runs as 65532
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return f"pvc://{claim_name}/tiny"
+
+
+@pytest.fixture(scope="module")
+def prometheus(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """Prometheus discovering every annotated pod through the API server, scraping every 2 s."""
+    with Prometheus(cluster, tmp_path_factory.mktemp("prometheus"), scrape_interval="2s") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def metrics_adapter(cluster: LocalCluster, prometheus: Prometheus,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsAdapter]:
+    """custom.metrics.k8s.io from `prometheus`, registered with the API server (unregistered afterwards)."""
+    with MetricsAdapter(cluster, prometheus, tmp_path_factory.mktemp("metrics-adapter")) as adapter:
+        yield adapter

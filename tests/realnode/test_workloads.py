@@ -11,13 +11,19 @@ import time
 
 import pytest
 
-from model_runtime.artifact import save_model_dir
-from model_runtime.llama import LlamaConfig, LlamaForCausalLM
-from model_runtime.tokenizer import byte_tokenizer
 from modelfleet.localcluster import LocalCluster
 from modelfleet.localcluster.binaries import REPO_ROOT
 from tests.helpers import wait_for
-from tests.realnode.conftest import OperatorProcess, apply, claim, events, get, signal_container, wait_running
+from tests.realnode.conftest import (
+    OperatorProcess,
+    apply,
+    claim,
+    events,
+    get,
+    signal_container,
+    tiny_model,
+    wait_running,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -35,16 +41,10 @@ def runtime_pod(cluster: LocalCluster, namespace: str, name: str, ready: bool | 
 
 def test_probes_spare_a_slow_load_and_restart_a_hung_runtime(cluster: LocalCluster, namespace: str,
                                                            operator: OperatorProcess) -> None:
-    model_dir = claim(cluster, namespace, "models") / "tiny"
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256))
-    model.init_weights(0, std=0.2)
-    save_model_dir(model, byte_tokenizer(), model_dir)
-    for path in [model_dir, *model_dir.rglob("*")]:  # written here as root; the runtime pod runs as 65532
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    uri = tiny_model(cluster, namespace)
     apply(cluster, namespace, {"apiVersion": "modelfleet.dev/v1alpha1", "kind": "ModelDeployment",
                                "metadata": {"name": "probed"},
-                               "spec": {"model": {"uri": "pvc://models/tiny", "servedModelName": "tiny"}, "replicas": 1,
+                               "spec": {"model": {"uri": uri, "servedModelName": "tiny"}, "replicas": 1,
                                         "probes": {"startupTimeoutSeconds": 180},
                                         "runtime": {"drainTimeoutSeconds": 1},
                                         "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}})

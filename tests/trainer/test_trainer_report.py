@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ from model_runtime.files import sha256_file
 from model_runtime.training import report
 from model_runtime.training.progress import Progress
 from model_runtime.training.report_forward import ReportForwarder, ReportTail, main
+from tests.helpers import wait_for
 
 
 class Recorder:
@@ -117,3 +120,36 @@ def test_report_forward_needs_a_program(capsys):
         main([])
     assert "give the program to run after --" in capsys.readouterr().err
     assert main(["--", "/nonexistent/program"]) == 127
+
+
+def test_report_forward_follow_forwards_another_programs_reports_until_sigterm(tmp_path):
+    """The sidecar mode: reports appended by another container reach the progress file while it runs, and the last
+    ones (here the model line, written just before SIGTERM) are flushed on SIGTERM; it exits 0."""
+    report, progress, out = tmp_path / "report.jsonl", tmp_path / "progress.json", tmp_path / "model"
+    env = {**os.environ, "MODELFLEET_PROGRESS_FILE": str(progress)}
+    env.pop("MODELFLEET_PROGRESS_CONFIGMAP", None)
+    sidecar = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "report-forward", "--follow", str(report)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with open(report, "a") as f:
+            f.write(json.dumps({"step": 5, "totalSteps": 10, "loss": 1.5}) + "\n")
+        wait_for(lambda: progress.exists() and json.loads(progress.read_text())["step"] == 5, timeout=30,
+                 what="the step line forwarded")
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"weights")
+        with open(report, "a") as f:
+            f.write(json.dumps({"step": 10, "loss": 0.5}) + "\n" + json.dumps({"model": {"path": str(out)}}) + "\n")
+        sidecar.send_signal(signal.SIGTERM)
+        assert sidecar.wait(timeout=30) == 0, sidecar.stdout.read() if sidecar.stdout else ""
+    finally:
+        if sidecar.poll() is None:
+            sidecar.kill()
+    reported = json.loads(progress.read_text())
+    assert (reported["step"], reported["totalSteps"], reported["loss"]) == (10, 10, 0.5)
+    assert reported["output"] == {"path": str(out), "digest": sha256_file(out / "model.safetensors")}
+
+
+def test_report_forward_takes_a_program_or_follow_not_both(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--follow", str(tmp_path / "r.jsonl"), "--", "true"])
+    assert "or --follow FILE" in capsys.readouterr().err

@@ -174,3 +174,49 @@ def test_a_second_real_node_on_the_machine_is_refused(tmp_path: Path, monkeypatc
     (first / "state.json").unlink()  # stopped: its claim is stale
     node.claim(second)
     assert (tmp_path / "run" / "owner").read_text() == str(second)
+
+
+def test_prometheus_config_passes_promtool_and_keeps_annotated_pods_with_their_labels(tmp_path: Path) -> None:
+    import subprocess
+
+    from modelfleet.localcluster.prometheus import scrape_config
+
+    config = scrape_config("http://127.0.0.1:9999/targets", "2s")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    check = subprocess.run(["promtool", "check", "config", "--syntax-only", str(tmp_path / "prometheus.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    relabel = config["scrape_configs"][0]["relabel_configs"]
+    assert {"namespace", "pod", "__metrics_path__"} <= {r.get("target_label") for r in relabel}
+    assert relabel[0]["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+
+
+def test_pod_discovery_lists_running_pods_with_an_ip_at_their_metrics_port() -> None:
+    from modelfleet.localcluster.prometheus import target_groups
+
+    def pod(name: str, phase: str = "Running", ip: str | None = "10.88.0.7", **annotations: str) -> dict:
+        return {"metadata": {"name": name, "namespace": "ml", "labels": {"modelfleet.dev/modeldeployment": "chat"},
+                             "annotations": annotations},
+                "spec": {"nodeName": "n", "containers": [{"ports": [{"containerPort": 8000}]}]},
+                "status": {"phase": phase, **({"podIP": ip} if ip else {})}}
+
+    groups = target_groups([pod("a", **{"prometheus.io/scrape": "true", "prometheus.io/port": "9000"}), pod("b"),
+                            pod("pending", phase="Pending"), pod("no-ip", ip=None)])
+    assert [g["targets"] for g in groups] == [["10.88.0.7:9000"], ["10.88.0.7:8000"]]
+    labels = groups[0]["labels"]
+    assert labels["__meta_kubernetes_pod_name"] == "a" and labels["__meta_kubernetes_namespace"] == "ml"
+    assert labels["__meta_kubernetes_pod_label_modelfleet_dev_modeldeployment"] == "chat"
+    assert labels["__meta_kubernetes_pod_annotation_prometheus_io_scrape"] == "true"
+
+
+def test_metrics_adapter_exposes_the_operators_metrics_under_their_own_names() -> None:
+    from modelfleet.localcluster.metricsadapter import adapter_rules, api_objects
+    from modelfleet_operator.modeldeployment.spec import METRICS
+
+    [rule] = adapter_rules()["rules"]
+    assert all(name.removeprefix("vllm:") in rule["seriesQuery"] for name in METRICS.values())
+    assert rule["name"] == {"matches": "^(.*)$", "as": "${1}"}  # the HPA asks for vllm:num_requests_waiting as is
+    objects = {o["kind"] + "/" + o["metadata"]["name"]: o for o in api_objects(8443, b"CA")}
+    slice_ = objects["EndpointSlice/modelfleet-metrics-adapter-host"]
+    assert slice_["endpoints"][0]["addresses"] == [hostnet.GATEWAY] and slice_["ports"][0]["port"] == 8443
+    assert objects["APIService/v1beta2.custom.metrics.k8s.io"]["spec"]["service"]["name"] == "modelfleet-metrics-adapter"

@@ -46,7 +46,7 @@ def test_children_are_rendered_with_the_designed_env_names_and_owners(jobs: Jobs
         assert pod["spec"]["containers"][0]["command"] == ["modelfleet", "train"]
         assert env_of(pod) == {
             "MASTER_ADDR": "render-node-0.render-nodes", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "RANK": str(rank),
-            "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(rank),
+            "NODE_RANK": str(rank), "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(rank),
             "PET_MASTER_ADDR": "render-node-0.render-nodes", "PET_MASTER_PORT": "29500",
             "MODELFLEET_TRAINER_CONFIG": "/etc/modelfleet/trainer.json", "MODELFLEET_PROGRESS_CONFIGMAP": "render-progress",
             "MODELFLEET_JOB_NAME": "render",

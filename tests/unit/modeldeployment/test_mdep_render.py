@@ -165,15 +165,24 @@ def test_service_pdb_hpa_scaledobject_and_podmonitor() -> None:
                                      "name": "chat"}
     assert hpa["metrics"] == [{"type": "Pods", "pods": {"metric": {"name": "vllm:kv_cache_usage_perc"},
                                                         "target": {"type": "AverageValue", "averageValue": "800m"}}}]
+    assert hpa["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 300}}  # Kubernetes' default
     assert children["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "http"
 
     keda = {c["kind"]: c for c in render_children(
         spec(autoscaling={"maxReplicas": 4, "target": 5}), ctx(keda=True, prometheus_url="http://prom:9090"))}
     trigger = keda["ScaledObject"]["spec"]["triggers"][0]
+    assert keda["ScaledObject"]["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == {
+        "scaleDown": {"stabilizationWindowSeconds": 300}}
     assert trigger["metricType"] == "AverageValue"
     assert trigger["metadata"] == {
         "serverAddress": "http://prom:9090", "threshold": "5",
         "query": 'sum(vllm:num_requests_waiting{namespace="ml",pod=~"chat-[a-z0-9]+-[a-z0-9]+"})'}
+
+
+def test_hpa_scale_down_window_comes_from_the_spec() -> None:
+    scaled = spec(autoscaling={"maxReplicas": 2, "target": 2, "scaleDownStabilizationSeconds": 10})
+    [hpa] = [c for c in render_children(scaled, ctx()) if c["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 10}}
 
 
 @pytest.mark.parametrize("value, expected", [(5, "5"), (5.0, "5"), (0.8, "800m"), (2.5, "2500m")])

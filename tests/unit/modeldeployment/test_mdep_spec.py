@@ -47,6 +47,8 @@ def test_bad_model_uris_name_the_field(uri: str) -> None:
      "spec.autoscaling.minReplicas"),
     ({"model": {"uri": "pvc://m/x"}, "autoscaling": {"maxReplicas": 2, "target": 1, "metric": "Cpu"}},
      "spec.autoscaling.metric"),
+    ({"model": {"uri": "pvc://m/x"}, "autoscaling": {"maxReplicas": 2, "target": 1, "scaleDownStabilizationSeconds": -1}},
+     "spec.autoscaling.scaleDownStabilizationSeconds"),
 ])
 def test_invalid_specs_name_the_field(spec: dict, field: str) -> None:
     with pytest.raises(SpecError, match=f"^{field}"):

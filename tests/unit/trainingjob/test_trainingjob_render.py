@@ -35,7 +35,7 @@ def test_pod_identity_env_and_command() -> None:
     assert container["image"] == "registry/modelfleet:1"
     assert container["env"] == [
         {"name": "MASTER_ADDR", "value": "tj-node-0.tj-nodes"}, {"name": "MASTER_PORT", "value": "29500"},
-        {"name": "WORLD_SIZE", "value": "2"}, {"name": "RANK", "value": "1"},
+        {"name": "WORLD_SIZE", "value": "2"}, {"name": "RANK", "value": "1"}, {"name": "NODE_RANK", "value": "1"},
         {"name": "PET_NNODES", "value": "2"}, {"name": "PET_NPROC_PER_NODE", "value": "1"},
         {"name": "PET_NODE_RANK", "value": "1"}, {"name": "PET_MASTER_ADDR", "value": "tj-node-0.tj-nodes"},
         {"name": "PET_MASTER_PORT", "value": "29500"},
