@@ -7,7 +7,8 @@
   has lost: the caller must stop writing at once (main.py exits the process), before any standby can consider
   the Lease expired.
 - A leader that stops cleanly releases the Lease, so a standby takes over within one retry period.
-- Give the elector a client of its own (main.py does): renewals must not queue behind the controllers' requests.
+- BackgroundElection runs it on a thread, event loop and connections of its own (main.py uses it), so that the
+  controllers' work cannot delay the renewals.
 Writes use the Lease's resourceVersion, so two candidates can never both win the same term.
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -155,3 +158,53 @@ class LeaderElector:
         if leader:
             log.info("became leader: %s holds lease %s/%s", self.config.identity, self.config.namespace,
                      self.config.name)
+
+
+class BackgroundElection:
+    """A LeaderElector on a thread and event loop of its own, with its own connections (as client-go runs it in a
+    goroutine): a burst of controller work that keeps the main event loop busy must not delay the renewals. Losing
+    the Lease ends the process at once, from this thread, so that it stops writing before a standby takes over."""
+
+    def __init__(self, config: LeaseConfig) -> None:
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._elector: LeaderElector | None = None
+        self._kube: Kube | None = None
+        self._holding: asyncio.Task[None] | None = None
+        threading.Thread(target=self._loop.run_forever, name="leader-election", daemon=True).start()
+
+    @property
+    def is_leader(self) -> bool:
+        return self._elector is not None and self._elector.is_leader
+
+    async def acquire(self) -> None:
+        """Return once this process holds the Lease; it is renewed in the background from then on."""
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._acquire(), self._loop))
+
+    async def release(self) -> None:
+        """Stop renewing and give the Lease up (a clean shutdown)."""
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._release(), self._loop))
+
+    async def _acquire(self) -> None:
+        self._kube = await Kube.from_environment(pool_size=2)
+        self._elector = LeaderElector(self._kube, self.config)
+        await self._elector.acquire()
+        self._holding = asyncio.create_task(self._hold(self._elector))
+
+    @staticmethod
+    async def _hold(elector: LeaderElector) -> None:
+        try:
+            await elector.hold()
+        except LostLeadership as error:
+            log.error("lost leadership (%s); exiting so that only one replica writes", error)
+            logging.shutdown()
+            os._exit(1)
+
+    async def _release(self) -> None:
+        if self._holding is not None:
+            self._holding.cancel()
+            await asyncio.gather(self._holding, return_exceptions=True)
+        if self._elector is not None:
+            await self._elector.release()
+        if self._kube is not None:
+            await self._kube.close()

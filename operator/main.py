@@ -1,6 +1,7 @@
 """Entry point: `modelfleet operator` (or `python -m modelfleet_operator.main`).
 
-Serves /metrics and /healthz at once, waits to be elected leader (a coordination.k8s.io Lease; see leader.py),
+Serves /metrics and /healthz at once, waits to be elected leader (a coordination.k8s.io Lease, renewed on a thread
+of its own; see leader.py),
 then runs kopf with both controllers. Standby replicas run no handler and write nothing but their bids for the
 Lease. A leader that cannot renew its Lease exits at once (its pod restarts and stands by), so two replicas never
 write at the same time; a leader that is stopped (SIGTERM) releases the Lease, so a standby takes over at once.
@@ -24,7 +25,7 @@ from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.controller import Controller
 from modelfleet_operator.kube import Kube
 from modelfleet_operator.labels import MANAGED_BY, MANAGER, MODELDEPLOYMENT, TRAININGJOB
-from modelfleet_operator.leader import LeaderElector, LeaseConfig, LostLeadership
+from modelfleet_operator.leader import BackgroundElection, LeaseConfig
 # Importing the controllers' handlers registers them with kopf.
 from modelfleet_operator.modeldeployment import reconcile as mdreconcile
 from modelfleet_operator.modeldeployment.handlers import PHASES as MD_PHASES, Index
@@ -102,7 +103,7 @@ def lease_config(config: OperatorConfig) -> LeaseConfig:
     return LeaseConfig(namespace, config.leader_election_lease, identity)
 
 
-async def serve_health(port: int, elector: LeaderElector | None) -> web.AppRunner:
+async def serve_health(port: int, elector: BackgroundElection | None) -> web.AppRunner:
     """/healthz answers 200 while the process runs, leader or standby (the body says which)."""
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok: " + ("leader" if elector is None or elector.is_leader else "standby"))
@@ -116,38 +117,21 @@ async def serve_health(port: int, elector: LeaderElector | None) -> web.AppRunne
 
 
 async def run(args: argparse.Namespace, config: OperatorConfig) -> int:
+    election = BackgroundElection(lease_config(config)) if config.leader_election else None
+    health = await serve_health(args.health_port or config.health_port, election)
     kube = await Kube.from_environment()
-    # Its own connections: a renewal must not wait behind a burst of reconciles in the controllers' pool.
-    lease_kube = await Kube.from_environment(pool_size=2)
-    elector = LeaderElector(lease_kube, lease_config(config)) if config.leader_election else None
-    health = await serve_health(args.health_port or config.health_port, elector)
     try:
-        if elector:
-            await elector.acquire()
-        tasks = [asyncio.create_task(kopf.operator(standalone=True, clusterwide=not args.namespace,
-                                                   namespaces=args.namespace, memo=memo_for(kube, config)))]
-        if elector:
-            tasks.append(asyncio.create_task(elector.hold()))
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if isinstance(task.exception(), LostLeadership):
-                # Stop writing now, before a standby can take the expired Lease: no cleanup, no further request.
-                log.error("lost leadership (%s); exiting so that only one replica writes", task.exception())
-                logging.shutdown()
-                os._exit(1)
-        # kopf has stopped (SIGTERM/SIGINT, or it failed): stop renewing, then hand the Lease over at once.
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if elector:
-            await elector.release()
-        for task in done:
-            task.result()  # kopf's own failure is the process's
+        if election:
+            await election.acquire()
+        await kopf.operator(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace,
+                            memo=memo_for(kube, config))
+        # kopf has stopped (SIGTERM/SIGINT): hand the Lease over at once rather than let it expire.
+        if election:
+            await election.release()
         return 0
     finally:
         await health.cleanup()
         await kube.close()
-        await lease_kube.close()
 
 
 def main(argv: list[str]) -> int:
