@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,15 @@ def env_flag(env: dict[str, str], name: str, default: bool = False) -> bool:
     return value == "true"
 
 
+def bind_address(name: str, value: str) -> str:
+    """Setting `name`: an IP address to listen on ("0.0.0.0", "127.0.0.1", "::"...); else a startup error."""
+    value = value.strip()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{name}: must be an IP address such as 0.0.0.0, 127.0.0.1 or ::, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     trainer_image: str = DEFAULT_IMAGE
@@ -25,6 +35,9 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     metrics_port: int = 8080
     health_port: int = 8081
+    # Addresses the /metrics and /healthz endpoints listen on (every IPv4 interface by default).
+    metrics_address: str = "0.0.0.0"
+    health_address: str = "0.0.0.0"
     # hostPath volumes (file:// URIs) give pods the node's filesystem: off unless the administrator opts in.
     allow_host_paths: bool = False
     prometheus_url: str = DEFAULT_PROMETHEUS_URL  # what a ModelDeployment's autoscaler queries
@@ -43,6 +56,8 @@ class OperatorConfig:
             image_pull_policy=env.get("MODELFLEET_IMAGE_PULL_POLICY", "IfNotPresent"),
             metrics_port=int(env.get("MODELFLEET_METRICS_PORT", "8080")),
             health_port=int(env.get("MODELFLEET_HEALTH_PORT", "8081")),
+            metrics_address=bind_address("MODELFLEET_METRICS_ADDRESS", env.get("MODELFLEET_METRICS_ADDRESS", "0.0.0.0")),
+            health_address=bind_address("MODELFLEET_HEALTH_ADDRESS", env.get("MODELFLEET_HEALTH_ADDRESS", "0.0.0.0")),
             allow_host_paths=env_flag(env, ALLOW_HOST_PATHS_ENV),
             prometheus_url=env.get("MODELFLEET_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL),
             leader_election=env_flag(env, "MODELFLEET_LEADER_ELECTION", default=True),

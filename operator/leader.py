@@ -69,7 +69,13 @@ class LeaderElector:
 
     async def acquire(self) -> None:
         """Return once this process holds the Lease."""
-        while not await self._try_acquire_or_renew():
+        while True:
+            try:
+                if await self._try_acquire_or_renew():
+                    break
+            except Exception as error:  # noqa: BLE001 - an API hiccup (or a missing grant, logged) is retried
+                log.warning("could not bid for the leader lease %s/%s: %s", self.config.namespace, self.config.name,
+                            error)
             await asyncio.sleep(self.config.retry_period)
         self._set_leader(True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import start_http_server
 
-from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.config import OperatorConfig, bind_address
 from modelfleet_operator.controller import Controller
 from modelfleet_operator.kube import Kube
 from modelfleet_operator.labels import MANAGED_BY, MANAGER, MODELDEPLOYMENT, TRAININGJOB
@@ -87,8 +88,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     parser.add_argument("--metrics-port", type=int, help="port for Prometheus /metrics (env MODELFLEET_METRICS_PORT)")
     parser.add_argument("--health-port", type=int, help="port for the /healthz liveness probe (env MODELFLEET_HEALTH_PORT)")
+    parser.add_argument("--metrics-address", help="IP address /metrics listens on (env MODELFLEET_METRICS_ADDRESS, "
+                                                  "default 0.0.0.0)")
+    parser.add_argument("--health-address", help="IP address /healthz listens on (env MODELFLEET_HEALTH_ADDRESS, "
+                                                 "default 0.0.0.0)")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
+
+
+def with_flags(config: OperatorConfig, args: argparse.Namespace) -> OperatorConfig:
+    """The environment's configuration, with the endpoint flags given on the command line taking precedence."""
+    return dataclasses.replace(
+        config, metrics_port=args.metrics_port or config.metrics_port, health_port=args.health_port or config.health_port,
+        metrics_address=bind_address("--metrics-address", args.metrics_address or config.metrics_address),
+        health_address=bind_address("--health-address", args.health_address or config.health_address))
 
 
 def lease_config(config: OperatorConfig) -> LeaseConfig:
@@ -103,7 +116,7 @@ def lease_config(config: OperatorConfig) -> LeaseConfig:
     return LeaseConfig(namespace, config.leader_election_lease, identity)
 
 
-async def serve_health(port: int, elector: BackgroundElection | None) -> web.AppRunner:
+async def serve_health(address: str, port: int, elector: BackgroundElection | None) -> web.AppRunner:
     """/healthz answers 200 while the process runs, leader or standby (the body says which)."""
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok: " + ("leader" if elector is None or elector.is_leader else "standby"))
@@ -112,13 +125,13 @@ async def serve_health(port: int, elector: BackgroundElection | None) -> web.App
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
+    await web.TCPSite(runner, address, port).start()
     return runner
 
 
 async def run(args: argparse.Namespace, config: OperatorConfig) -> int:
     election = BackgroundElection(lease_config(config)) if config.leader_election else None
-    health = await serve_health(args.health_port or config.health_port, election)
+    health = await serve_health(config.health_address, config.health_port, election)
     kube = await Kube.from_environment()
     try:
         if election:
@@ -136,10 +149,10 @@ async def run(args: argparse.Namespace, config: OperatorConfig) -> int:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    config = OperatorConfig.from_env()
+    config = with_flags(OperatorConfig.from_env(), args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # kopf logs every handled pod/ConfigMap event at INFO: too much during bursts
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    start_http_server(args.metrics_port or config.metrics_port)
+    start_http_server(config.metrics_port, addr=config.metrics_address)
     return asyncio.run(run(args, config))

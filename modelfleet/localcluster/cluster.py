@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from modelfleet.localcluster import hostnet, processes
+from modelfleet.localcluster import audit, hostnet, processes
 from modelfleet.localcluster.binaries import KWOK_CONFIG, cache_dir, ensure_binaries
 from modelfleet.localcluster.nodes import fake_nodes
 from modelfleet.localcluster.pki import FRONT_PROXY_CLIENT, Pki, create_pki
@@ -95,6 +95,11 @@ class LocalCluster:
         return str(self.directory / "kubeconfig")
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: ServiceAccounts' requests at Metadata level (see audit.py)."""
+        return self.directory / "logs" / "audit.log"
+
+    @property
     def state_file(self) -> Path:
         return self.directory / "state.json"
 
@@ -137,6 +142,7 @@ class LocalCluster:
         if self.real_node:
             self._prepare_real_node(state)
         create_pki(self.directory / "pki")
+        audit.write_policy(self.directory / "audit-policy.json")
         self._write_kubeconfigs(state.ports["kube-apiserver"])
         deadline = time.monotonic() + timeout
         try:
@@ -155,7 +161,10 @@ class LocalCluster:
             raise
 
     def _start(self, name: str, state: ClusterState, deadline: float) -> None:
-        proc = processes.start(self._command(name, self.bin_dir, state.ports), self.directory / "logs" / f"{name}.log")
+        command = self._command(name, self.bin_dir, state.ports)
+        if name == "kube-apiserver":
+            command += audit.apiserver_flags(self.directory / "audit-policy.json", self.audit_log)
+        proc = processes.start(command, self.directory / "logs" / f"{name}.log")
         state.pids[name] = proc.pid
         self._save_state(state)
         self._wait(name, lambda: self._healthy(name, state), deadline, process=proc)

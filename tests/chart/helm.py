@@ -37,9 +37,10 @@ class Helm:
         return result
 
     def template(self, values: Obj | None = None, namespace: str = "modelfleet-system", release: str = "mf",
-                 api_versions: Iterable[str] = ()) -> list[Obj]:
-        """`helm template` with `values` (a dict, passed as a values file); the rendered objects (CRDs included)."""
-        args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
+                 api_versions: Iterable[str] = (), chart: Path = CHART) -> list[Obj]:
+        """`helm template` of `chart` with `values` (a dict, passed as a values file); the rendered objects (CRDs
+        included)."""
+        args = ["template", release, str(chart), "--namespace", namespace, "--kube-version", KUBE_VERSION,
                 "--include-crds", *values_args(self.home, values)]
         for api in api_versions:
             args += ["--api-versions", api]

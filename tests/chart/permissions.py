@@ -1,18 +1,22 @@
-"""What the operator's code calls on the API (read from operator/: kopf watches, the TrainingJob and
-ModelDeployment clients) and what it must never be able to do. Both the rendered rules and the real
-API server's authorizer (`kubectl auth can-i`) are checked against these tables."""
+"""What the operator uses on the API and what it must never be able to do. The needs are what
+test_rbac_audit.py collects from the API server's audit log (it fails when they drift apart from the chart);
+these tables check the rendered rules, watchNamespaces' Roles, and the real API server's authorizer
+(`kubectl auth can-i`) of an installed release."""
 
 from __future__ import annotations
 
 # (verb, resource, API group) in a namespace the operator manages.
 NEEDED_IN_NAMESPACE: list[tuple[str, str, str]] = [
-    *((verb, "trainingjobs", "modelfleet.dev") for verb in ("get", "list", "watch", "patch", "delete")),
-    *((verb, "modeldeployments", "modelfleet.dev") for verb in ("get", "list", "watch", "patch")),
+    *((verb, "trainingjobs", "modelfleet.dev") for verb in ("get", "list", "watch", "delete")),
+    *((verb, "modeldeployments", "modelfleet.dev") for verb in ("get", "list", "watch")),
     ("patch", "trainingjobs/status", "modelfleet.dev"),
     ("patch", "modeldeployments/status", "modelfleet.dev"),
-    *((verb, "pods", "") for verb in ("get", "list", "watch", "create", "delete")),
+    # blockOwnerDeletion on children (OwnerReferencesPermissionEnforcement).
+    ("update", "trainingjobs/finalizers", "modelfleet.dev"),
+    ("update", "modeldeployments/finalizers", "modelfleet.dev"),
+    *((verb, "pods", "") for verb in ("list", "watch", "create", "delete")),
     ("get", "pods/log", ""),
-    *((verb, "services", "") for verb in ("get", "create", "patch", "delete")),
+    *((verb, "services", "") for verb in ("get", "create", "patch")),
     # get/patch/update: what each job's progress Role grants (RBAC's escalation rule).
     *((verb, "configmaps", "") for verb in ("get", "list", "watch", "create", "patch", "update")),
     # get: an existing child of a job's name is used only if the job owns it (operator/ownership.py).
@@ -20,12 +24,12 @@ NEEDED_IN_NAMESPACE: list[tuple[str, str, str]] = [
     *((verb, "roles", "rbac.authorization.k8s.io") for verb in ("get", "create")),
     *((verb, "rolebindings", "rbac.authorization.k8s.io") for verb in ("get", "create")),
     ("create", "events", ""),
-    ("create", "events", "events.k8s.io"),
-    *((verb, "deployments", "apps") for verb in ("get", "list", "watch", "create", "patch", "delete")),
+    *((verb, "deployments", "apps") for verb in ("get", "list", "watch", "create", "patch")),
     *((verb, resource, group)
       for resource, group in (("poddisruptionbudgets", "policy"), ("horizontalpodautoscalers", "autoscaling"),
-                              ("scaledobjects", "keda.sh"), ("podmonitors", "monitoring.coreos.com"))
+                              ("scaledobjects", "keda.sh"))
       for verb in ("get", "create", "patch", "delete")),
+    *((verb, "podmonitors", "monitoring.coreos.com") for verb in ("get", "create", "patch")),
 ]
 
 # Cluster-wide reads: GPU capacity (nodes, pods bound to them) and kopf's CRD observation.
@@ -35,8 +39,8 @@ NEEDED_CLUSTER_WIDE: list[tuple[str, str, str]] = [
     *((verb, "customresourcedefinitions", "apiextensions.k8s.io") for verb in ("get", "list", "watch")),
 ]
 
-# Only in cluster-wide mode: kopf follows namespaces.
-NEEDED_CLUSTER_MODE_ONLY: list[tuple[str, str, str]] = [("list", "namespaces", ""), ("watch", "namespaces", "")]
+# Only with watchNamespaces: kopf lists and watches namespaces to follow the listed ones.
+NEEDED_WATCH_NAMESPACES_ONLY: list[tuple[str, str, str]] = [("list", "namespaces", ""), ("watch", "namespaces", "")]
 
 FORBIDDEN_IN_NAMESPACE: list[tuple[str, str, str]] = [
     ("get", "secrets", ""), ("list", "secrets", ""), ("watch", "secrets", ""), ("create", "secrets", ""),
@@ -44,6 +48,7 @@ FORBIDDEN_IN_NAMESPACE: list[tuple[str, str, str]] = [
     ("create", "serviceaccounts/token", ""),   # would mint tokens of any ServiceAccount
     ("escalate", "roles", "rbac.authorization.k8s.io"), ("bind", "roles", "rbac.authorization.k8s.io"),
     ("create", "persistentvolumeclaims", ""), ("delete", "modeldeployments", "modelfleet.dev"),
+    ("patch", "trainingjobs", "modelfleet.dev"), ("update", "modeldeployments", "modelfleet.dev"),  # specs are the user's
     ("create", "trainingjobs", "modelfleet.dev"), ("update", "deployments/scale", "apps"),
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 Rule = dict[str, Any]
+Permission = tuple[str, str, str]  # (API group, resource or resource/subresource, verb)
 
 
 def _matches(values: Iterable[str], wanted: str) -> bool:
@@ -24,7 +25,7 @@ def allows(rules: Iterable[Rule], verb: str, resource: str, group: str = "", nam
     return False
 
 
-def grants(rules: Iterable[Rule]) -> set[tuple[str, str, str]]:
+def grants(rules: Iterable[Rule]) -> set[Permission]:
     """Every (group, resource, verb) the rules grant."""
     return {(group, resource, verb)
             for rule in rules

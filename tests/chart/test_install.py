@@ -7,8 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
@@ -17,8 +15,9 @@ import yaml
 from modelfleet.images import chart_values
 from modelfleet.localcluster import LocalCluster
 from tests.chart.helm import CHART, REPO, Helm, pods_of, values_args
-from tests.chart.permissions import (FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_MODE_ONLY,
-                                     NEEDED_CLUSTER_WIDE, NEEDED_IN_NAMESPACE)
+from tests.chart.identity import operator_as
+from tests.chart.permissions import (FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_WIDE, NEEDED_IN_NAMESPACE,
+                                     NEEDED_WATCH_NAMESPACES_ONLY)
 from tests.helpers import wait_for
 from tests.operator.conftest import OperatorProcess
 
@@ -151,7 +150,7 @@ def test_service_account_may_do_what_the_operator_does(release: Release, verb: s
     assert release.can(verb, resource, group, "default")
 
 
-@pytest.mark.parametrize(("verb", "resource", "group"), NEEDED_CLUSTER_WIDE + NEEDED_CLUSTER_MODE_ONLY)
+@pytest.mark.parametrize(("verb", "resource", "group"), NEEDED_CLUSTER_WIDE)
 def test_service_account_may_read_cluster_wide(release: Release, verb: str, resource: str, group: str) -> None:
     assert release.can(verb, resource, group, None)
 
@@ -191,14 +190,12 @@ def test_watch_namespaces_confines_writes_to_those_namespaces(cluster: LocalClus
         scoped.install()
         for verb, resource, group in NEEDED_IN_NAMESPACE:
             assert scoped.can(verb, resource, group, watched), (verb, resource, group)
-        for verb, resource, group in NEEDED_CLUSTER_WIDE:
+        for verb, resource, group in NEEDED_CLUSTER_WIDE + NEEDED_WATCH_NAMESPACES_ONLY:
             assert scoped.can(verb, resource, group, None), (verb, resource, group)
         for verb, resource, group in [("create", "pods", ""), ("get", "configmaps", ""), ("patch", "deployments", "apps"),
                                       ("create", "roles", "rbac.authorization.k8s.io"),
                                       ("watch", "trainingjobs", "modelfleet.dev")]:
             assert not scoped.can(verb, resource, group, other), (verb, resource, group)
-        for verb, resource, group in NEEDED_CLUSTER_MODE_ONLY:
-            assert not scoped.can(verb, resource, group, None), (verb, resource, group)
     finally:
         scoped.uninstall(check=False)
         for name in (home, watched, other):
@@ -207,32 +204,10 @@ def test_watch_namespaces_confines_writes_to_those_namespaces(cluster: LocalClus
 
 # --- the real operator, authenticated as the chart's ServiceAccount ------------------------------------------------
 
-def service_account_kubeconfig(cluster: LocalCluster, release: Release, path: Path) -> Path:
-    """A kubeconfig for the cluster whose only credential is a token of the release's ServiceAccount."""
-    admin = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-    token = cluster.kubectl("create", "token", release.service_account, "-n", release.namespace,
-                            "--duration=1h").stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-    }))
-    return path
-
-
 @pytest.fixture(scope="module")
 def operator_as_service_account(cluster: LocalCluster, release: Release,
                                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    directory = tmp_path_factory.mktemp("sa-operator")
-    kubeconfig = service_account_kubeconfig(cluster, release, directory / "kubeconfig")
-    # OperatorProcess only reads `.env` of the cluster it is given.
-    # It bids for the release's own Lease (the only one the chart lets it use), beside the release's operator pods:
-    # whichever of them leads creates the children, with only the chart's permissions.
-    process = OperatorProcess(SimpleNamespace(env={**cluster.env, "KUBECONFIG": str(kubeconfig)}),  # type: ignore[arg-type]
-                              directory / "operator.log",
-                              {"MODELFLEET_LEADER_ELECTION_NAMESPACE": release.namespace,
-                               "MODELFLEET_LEADER_ELECTION_LEASE": release.service_account})
+    process = operator_as(cluster, release.namespace, release.service_account, tmp_path_factory.mktemp("sa-operator"))
     process.start()
     try:
         yield process

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from tests.chart.helm import CHART, KUBE_VERSION, MONITORING_API, REPO, Helm, find, one, values_args
-from tests.chart.permissions import (FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_MODE_ONLY,
-                                     NEEDED_CLUSTER_WIDE, NEEDED_IN_NAMESPACE)
+from tests.chart.permissions import (FORBIDDEN_CLUSTER_WIDE, FORBIDDEN_IN_NAMESPACE, NEEDED_CLUSTER_WIDE, NEEDED_IN_NAMESPACE,
+                                     NEEDED_WATCH_NAMESPACES_ONLY)
 from tests.chart.rbac import allows, grants
 
 OPERATOR_IMAGE = "ghcr.io/modelfleet/modelfleet-operator:0.1.0"
@@ -56,6 +56,7 @@ def test_operator_deployment(helm: Helm) -> None:
     assert env_of(deployment) == {
         "MODELFLEET_TRAINER_IMAGE": WORKLOAD_IMAGE, "MODELFLEET_RUNTIME_IMAGE": WORKLOAD_IMAGE,
         "MODELFLEET_IMAGE_PULL_POLICY": "IfNotPresent", "MODELFLEET_METRICS_PORT": "8080", "MODELFLEET_HEALTH_PORT": "8081",
+        "MODELFLEET_METRICS_ADDRESS": "0.0.0.0", "MODELFLEET_HEALTH_ADDRESS": "0.0.0.0",
         "MODELFLEET_ALLOW_HOST_PATHS": "false", "MODELFLEET_LEADER_ELECTION": "true",
         "MODELFLEET_LEADER_ELECTION_LEASE": "mf-modelfleet", "MODELFLEET_LEADER_ELECTION_NAMESPACE": None,
         "MODELFLEET_LEADER_ELECTION_IDENTITY": None, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
@@ -105,7 +106,7 @@ def test_image_options(helm: Helm) -> None:
 def test_cluster_wide_rbac_grants_what_the_code_uses_and_nothing_dangerous(helm: Helm) -> None:
     objects = helm.template()
     rules = one(objects, "ClusterRole")["rules"]
-    for verb, resource, group in NEEDED_IN_NAMESPACE + NEEDED_CLUSTER_WIDE + NEEDED_CLUSTER_MODE_ONLY:
+    for verb, resource, group in NEEDED_IN_NAMESPACE + NEEDED_CLUSTER_WIDE:
         assert allows(rules, verb, resource, group), (verb, resource, group)
     for verb, resource, group in FORBIDDEN_IN_NAMESPACE + FORBIDDEN_CLUSTER_WIDE:
         assert not allows(rules, verb, resource, group), (verb, resource, group)
@@ -115,28 +116,10 @@ def test_cluster_wide_rbac_grants_what_the_code_uses_and_nothing_dangerous(helm:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mf-modelfleet", "namespace": "modelfleet-system"}]
 
 
-def test_every_granted_permission_is_one_the_operator_needs(helm: Helm) -> None:
-    """Least privilege: nothing beyond the table of needs, except the few documented extras."""
+def test_cluster_role_grants_exactly_the_table_of_needs(helm: Helm) -> None:
+    """The tables of permissions.py are the chart's rules (test_rbac_audit.py proves both against the audit log)."""
     granted = grants(one(helm.template(), "ClusterRole")["rules"])
-    needed = {(g, r, v) for v, r, g in NEEDED_IN_NAMESPACE + NEEDED_CLUSTER_WIDE + NEEDED_CLUSTER_MODE_ONLY}
-    documented_extras = {
-        # update on the owners' finalizers: OwnerReferencesPermissionEnforcement (blockOwnerDeletion children)
-        ("modelfleet.dev", "trainingjobs/finalizers", "update"), ("modelfleet.dev", "modeldeployments/finalizers", "update"),
-        # reading back the status subresource, events patched when aggregated
-        ("modelfleet.dev", "trainingjobs/status", "get"), ("modelfleet.dev", "modeldeployments/status", "get"),
-        ("", "events", "patch"), ("events.k8s.io", "events", "patch"),
-        # kopf watches the kinds it handles and the node list may be watched
-        ("", "nodes", "get"), ("", "nodes", "watch"),
-        ("", "configmaps", "delete"),
-    }
-    # The children the operator owns may be fully managed (get/list/watch/create/patch/delete).
-    managed = {("", "services"), ("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles"),
-               ("rbac.authorization.k8s.io", "rolebindings"), ("apps", "deployments"), ("policy", "poddisruptionbudgets"),
-               ("autoscaling", "horizontalpodautoscalers"), ("keda.sh", "scaledobjects"),
-               ("monitoring.coreos.com", "podmonitors")}
-    lifecycle = {"get", "list", "watch", "create", "patch", "delete"}
-    allowed = needed | documented_extras | {(g, r, v) for g, r in managed for v in lifecycle}
-    assert granted - allowed == set()
+    assert granted == {(g, r, v) for v, r, g in NEEDED_IN_NAMESPACE + NEEDED_CLUSTER_WIDE}
 
 
 def test_watch_namespaces_uses_roles_per_namespace(helm: Helm) -> None:
@@ -152,11 +135,11 @@ def test_watch_namespaces_uses_roles_per_namespace(helm: Helm) -> None:
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["roleRef"]["kind"] == "Role" for b in bindings)
     cluster_rules = one(objects, "ClusterRole")["rules"]
-    for verb, resource, group in NEEDED_CLUSTER_WIDE:
+    for verb, resource, group in NEEDED_CLUSTER_WIDE + NEEDED_WATCH_NAMESPACES_ONLY:
         assert allows(cluster_rules, verb, resource, group), (verb, resource, group)
-    # Outside the watched namespaces: reads for GPU capacity only; no writes, no namespace watch.
-    for verb, resource, group in NEEDED_CLUSTER_MODE_ONLY + [("create", "pods", ""), ("get", "configmaps", ""),
-                                                             ("create", "roles", "rbac.authorization.k8s.io")]:
+    # Outside the watched namespaces: reads for GPU capacity and kopf only; no writes.
+    for verb, resource, group in [("create", "pods", ""), ("get", "configmaps", ""),
+                                  ("create", "roles", "rbac.authorization.k8s.io")]:
         assert not allows(cluster_rules, verb, resource, group), (verb, resource, group)
 
 

@@ -32,7 +32,8 @@ def crds(cluster: LocalCluster) -> list[str]:
 class OperatorProcess:
     """`modelfleet operator` against the test cluster, as a subprocess that tests may kill and restart."""
 
-    def __init__(self, cluster: LocalCluster, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, cluster: LocalCluster, log_path: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.cluster = cluster
         self.log_path = log_path
         # Its own Lease (so operators of different test modules do not stand by for each other) and a stable
@@ -41,6 +42,7 @@ class OperatorProcess:
         self.extra_env = {"MODELFLEET_LEADER_ELECTION_LEASE": f"test-operator-{tag}",
                           "MODELFLEET_LEADER_ELECTION_NAMESPACE": "default",
                           "MODELFLEET_LEADER_ELECTION_IDENTITY": f"test-operator-{tag}", **(env or {})}
+        self.args = list(args or [])  # of `modelfleet operator`
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -56,14 +58,15 @@ class OperatorProcess:
 
     def start(self, timeout: float = 60) -> None:
         env = {**self.cluster.env, "MODELFLEET_METRICS_PORT": str(self.metrics_port),
-               "MODELFLEET_HEALTH_PORT": str(self.health_port), "PYTHONUNBUFFERED": "1"}
+               "MODELFLEET_HEALTH_PORT": str(self.health_port), "PYTHONUNBUFFERED": "1",
+               "MODELFLEET_METRICS_ADDRESS": "127.0.0.1", "MODELFLEET_HEALTH_ADDRESS": "127.0.0.1"}
         runtime_image = getattr(self.cluster, "images", {}).get("runtime")
         if runtime_image:  # the image built from images/runtime.Dockerfile, loaded into the real node
             env |= {"MODELFLEET_TRAINER_IMAGE": runtime_image, "MODELFLEET_RUNTIME_IMAGE": runtime_image}
         env |= self.extra_env
         self.env = env
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator"], env=env,
+            self.process = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator", *self.args], env=env,
                                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_for(self._healthy, timeout=timeout, what=f"operator /healthz (log: {self.log_path})")
 

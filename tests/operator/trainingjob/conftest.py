@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pytest
@@ -93,9 +94,9 @@ class Jobs:
         return json.loads(out)["items"]
 
 
-@pytest.fixture(scope="module")
-def jobs(cluster: LocalCluster, crds: list[str]) -> Iterator[Jobs]:
-    """A Pod Security "restricted" namespace with a bound ReadWriteMany claim named `store`."""
+@contextmanager
+def store_namespace(cluster: LocalCluster) -> Iterator[Jobs]:
+    """A new Pod Security "restricted" namespace with a bound ReadWriteMany claim named `store`; deleted after."""
     namespace = f"tj-{uuid.uuid4().hex[:8]}"
     volume = f"{namespace}-{CLAIM}"
     manifests = [
@@ -119,3 +120,9 @@ def jobs(cluster: LocalCluster, crds: list[str]) -> Iterator[Jobs]:
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "pv", volume, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def jobs(cluster: LocalCluster, crds: list[str]) -> Iterator[Jobs]:
+    with store_namespace(cluster) as helper:
+        yield helper
