@@ -19,7 +19,7 @@ import pytest
 
 from modelfleet.localcluster import LocalCluster
 from modelfleet.localcluster.audit import Request, requests_of
-from modelfleet_operator.modeldeployment.kube import Kube
+from tests.kubeclient import SyncKube as Kube
 from tests.chart.helm import Helm, one
 from tests.chart.identity import operator_as
 from tests.chart.rbac import Permission, grants
@@ -223,7 +223,7 @@ def audit(request: pytest.FixtureRequest, cluster: LocalCluster, crds: list[str]
         cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
         env, args = operator_settings(rendered, home)
         operator = operator_as(cluster, home, account, tmp_path_factory.mktemp("audited-operator"), env, args)
-        scene = Scene(cluster, jobs, Kube(cluster.api_client()))
+        scene = Scene(cluster, jobs, Kube(cluster.kubeconfig))
         try:
             operator.start()
             try:
