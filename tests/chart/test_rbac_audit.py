@@ -19,11 +19,11 @@ import pytest
 
 from modelfleet.localcluster import LocalCluster
 from modelfleet.localcluster.audit import Request, requests_of
-from tests.kubeclient import SyncKube as Kube
 from tests.chart.helm import Helm, one
 from tests.chart.identity import operator_as
 from tests.chart.rbac import Permission, grants
 from tests.helpers import wait_for
+from tests.kubeclient import SyncKube as Kube
 from tests.operator.conftest import crds  # noqa: F401  (fixture)
 from tests.operator.modeldeployment.test_mdep_controller import FIXTURE_CRDS, manifest, patch_spec, wait_ready
 from tests.operator.trainingjob.conftest import Jobs, job_manifest, store_namespace
