@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries from Go modules at the versions pinned in hack/go/*/go.mod,
 # into ${MODELFLEET_CACHE:-~/.cache/modelfleet}/bin, keyed by version. Builds only what is missing.
+# usage: build-binaries.sh [kueue]   (optional components are built only when named)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,6 +20,7 @@ KWOK_VERSION=$(mod_version kwok sigs.k8s.io/kwok)
 HELM_VERSION=$(mod_version helm helm.sh/helm/v3)
 COREDNS_VERSION=$(mod_version coredns github.com/coredns/coredns)
 ADAPTER_VERSION=$(mod_version prometheus-adapter sigs.k8s.io/prometheus-adapter)
+KUEUE_VERSION=$(mod_version kueue sigs.k8s.io/kueue)
 k8s_minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 
 build() { # build <module dir> <output name> <package> [ldflags]
@@ -55,13 +57,28 @@ build coredns "coredns-$COREDNS_VERSION" github.com/coredns/coredns \
 build prometheus-adapter "prometheus-adapter-$ADAPTER_VERSION" sigs.k8s.io/prometheus-adapter/cmd/adapter
 CGO_ENABLED=0 build pause "pause-$(sha256sum "$here/go/pause/main.go" | cut -c1-12)" .
 
+# Kueue (optional): the manager, and its CRDs and webhook configurations from the same module version's source.
+links=()
+if [[ " $* " == *" kueue "* ]]; then
+  build kueue "kueue-$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+  config=$bin/kueue-config-$KUEUE_VERSION
+  if [ ! -d "$config" ]; then
+    src=$(cd "$here/go/kueue" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+    rm -rf "$config.tmp" && mkdir -p "$config.tmp"
+    cp -r "$src/config/components/crd" "$src/config/components/webhook" "$config.tmp/"
+    chmod -R u+w "$config.tmp"  # the module cache is read-only
+    mv "$config.tmp" "$config"
+  fi
+  links+=("kueue kueue-$KUEUE_VERSION" "kueue-config kueue-config-$KUEUE_VERSION")
+fi
+
 # Stable names for callers, pointing at the pinned versions.
 for pair in "etcd etcd-$ETCD_VERSION" "kube-apiserver kube-apiserver-$K8S_VERSION" \
   "kube-controller-manager kube-controller-manager-$K8S_VERSION" "kube-scheduler kube-scheduler-$K8S_VERSION" \
   "kubectl kubectl-$K8S_VERSION" "kubelet kubelet-$K8S_VERSION" "kube-proxy kube-proxy-$K8S_VERSION" \
   "kwok kwok-$KWOK_VERSION" "helm helm-$HELM_VERSION" "coredns coredns-$COREDNS_VERSION" \
   "prometheus-adapter prometheus-adapter-$ADAPTER_VERSION" \
-  "pause pause-$(sha256sum "$here/go/pause/main.go" | cut -c1-12)"; do
+  "pause pause-$(sha256sum "$here/go/pause/main.go" | cut -c1-12)" "${links[@]}"; do
   set -- $pair
   ln -sfn "$2" "$bin/$1"
 done

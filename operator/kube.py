@@ -46,6 +46,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "ModelDeployment": (f"/apis/{API_VERSION}", "modeldeployments"),
     "TrainingJob": (f"/apis/{API_VERSION}", "trainingjobs"),
     "CustomResourceDefinition": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions"),
+    "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),
+    "ResourceFlavor": ("/apis/kueue.x-k8s.io/v1beta2", "resourceflavors"),
 }
 
 
@@ -176,6 +178,10 @@ class Kube:
             if is_not_found(error):
                 return False
             raise
+
+    async def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> Obj:
+        """A JSON merge patch of the object (for the one field the operator changes outside server-side apply)."""
+        return await self.request("PATCH", path(kind, namespace, name), body=body, content_type=MERGE_PATCH)
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any],
                            resource_version: str | None = None) -> Obj | None:

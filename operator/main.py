@@ -30,7 +30,7 @@ from modelfleet_operator.leader import BackgroundElection, LeaseConfig
 # Importing the controllers' handlers registers them with kopf.
 from modelfleet_operator.modeldeployment import reconcile as mdreconcile
 from modelfleet_operator.modeldeployment.handlers import PHASES as MD_PHASES, Index
-from modelfleet_operator.trainingjob import reconcile as tjreconcile
+from modelfleet_operator.trainingjob import kueue, reconcile as tjreconcile
 from modelfleet_operator.trainingjob.handlers import PHASES as TJ_PHASES
 
 log = logging.getLogger("modelfleet_operator")
@@ -47,6 +47,8 @@ CHILD_SELECTORS = {
     ("v1", "pods"): f"{MANAGED_BY}={MANAGER}",
     ("v1", "configmaps"): f"{MANAGED_BY}={MANAGER},{TRAININGJOB}",
     ("apps", "deployments"): f"{MANAGED_BY}={MANAGER},{MODELDEPLOYMENT}",
+    ("autoscaling", "horizontalpodautoscalers"): f"{MANAGED_BY}={MANAGER},{MODELDEPLOYMENT}",
+    (kueue.GROUP, kueue.PLURAL): f"{MANAGED_BY}={MANAGER},{TRAININGJOB}",
 }
 
 

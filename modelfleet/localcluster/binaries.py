@@ -11,17 +11,20 @@ BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
 KWOK_CONFIG = REPO_ROOT / "hack" / "kwok" / "kwok.yaml"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy",
               "kwok", "helm", "coredns", "pause", "prometheus-adapter")
+OPTIONAL = {"kueue": ("kueue", "kueue-config")}  # built only when asked for (hack/build-binaries.sh kueue)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MODELFLEET_CACHE", Path.home() / ".cache" / "modelfleet"))
 
 
-def ensure_binaries() -> Path:
-    """Build any missing binary (cold: ~10 minutes on 2 cores; warm: instant) and return the bin dir."""
-    result = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+def ensure_binaries(optional: tuple[str, ...] = ()) -> Path:
+    """Build any missing binary (cold: ~10 minutes on 2 cores; warm: instant), and the `optional` components
+    named (OPTIONAL's keys), and return the bin dir."""
+    result = subprocess.run(["bash", str(BUILD_SCRIPT), *optional], check=True, stdout=subprocess.PIPE, text=True)
     bin_dir = Path(result.stdout.strip().splitlines()[-1])
-    missing = [c for c in COMPONENTS if not (bin_dir / c).exists()]
+    wanted = COMPONENTS + tuple(name for component in optional for name in OPTIONAL[component])
+    missing = [c for c in wanted if not (bin_dir / c).exists()]
     if missing:
         raise RuntimeError(f"build finished but binaries are missing: {', '.join(missing)}")
     return bin_dir

@@ -17,18 +17,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the cluster to come up")
     parser.add_argument("--no-real-node", dest="real_node", action="store_false",
                         help="only kwok's fake nodes: no containers run, no root needed (fast scheduling tests)")
+    parser.add_argument("--kueue", action="store_true",
+                        help="also run Kueue, built from its Go module (docs/kueue.md)")
     return parser.parse_args(argv)
-
-
-def cluster_state_real_node(directory: Path) -> bool:
-    """Whether the cluster in `directory` was started with the real node (so `down` undoes it)."""
-    return LocalCluster(directory, real_node=False).load_state().real_node
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    real_node = args.real_node if args.action == "up" else cluster_state_real_node(args.dir)
-    cluster = LocalCluster(args.dir, real_node=real_node, say=print)
+    if args.action == "up":
+        real_node, kueue = args.real_node, args.kueue
+    else:  # as it was started, so that `down` undoes the real node and `status` checks Kueue
+        state = LocalCluster(args.dir, real_node=False).load_state()
+        real_node, kueue = state.real_node, state.kueue
+    cluster = LocalCluster(args.dir, real_node=real_node, say=print, kueue=kueue)
     if args.action == "up":
         start = time.monotonic()
         cluster.up(timeout=args.timeout)

@@ -2,7 +2,8 @@
 
 etcd -> kube-apiserver (TLS, client-certificate auth, Node + RBAC authorization, service-account keys,
 default admission plugins) -> kube-controller-manager and kube-scheduler -> kwok (fake GPU and CPU nodes)
--> the real node (containerd, CoreDNS, kubelet, kube-proxy; see realnode.py), with the images it runs.
+-> the real node (containerd, CoreDNS, kubelet, kube-proxy; see realnode.py), with the images it runs
+-> optionally Kueue (see kueue.py).
 Without the real node every process listens on 127.0.0.1; with it, the API server listens on the pod
 bridge's gateway address so that pods reach it, and nothing listens on another interface.
 
@@ -28,6 +29,8 @@ from typing import Any, Callable
 
 from modelfleet.localcluster import audit, hostnet, processes
 from modelfleet.localcluster.binaries import KWOK_CONFIG, cache_dir, ensure_binaries
+from modelfleet.localcluster.kueue import PORTS as KUEUE_PORTS
+from modelfleet.localcluster.kueue import Kueue
 from modelfleet.localcluster.nodes import fake_nodes
 from modelfleet.localcluster.pki import FRONT_PROXY_CLIENT, Pki, create_pki
 from modelfleet.localcluster.realnode import CONTAINERD_SOCKET, RealNode, dns_objects
@@ -38,7 +41,7 @@ REAL_NODE = ("containerd", "coredns", "kubelet", "kube-proxy")
 LOCAL_VOLUMES = 24
 HPA_SYNC_PERIOD = "5s"  # Kubernetes' default is 15 s; shorter, so that autoscaling tests see decisions sooner
 PORTS = ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-         "kubelet", "kube-proxy", "kube-proxy-metrics", "coredns", "coredns-ready")
+         "kubelet", "kube-proxy", "kube-proxy-metrics", "coredns", "coredns-ready", *KUEUE_PORTS)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ClusterState:
     real_node: bool = False
     images: dict[str, str] = field(default_factory=dict)
     saved_sysctls: dict[str, str] = field(default_factory=dict)
+    kueue: bool = False
 
 
 def default_directory() -> Path:
@@ -56,19 +60,21 @@ def default_directory() -> Path:
 
 class LocalCluster:
     """A cluster whose files (certificates, etcd data, logs, kubeconfig, the real node's state) live in
-    `directory`. `real_node=False` gives the control plane with kwok's fake nodes only (no root needed)."""
+    `directory`. `real_node=False` gives the control plane with kwok's fake nodes only (no root needed);
+    `kueue=True` adds Kueue, built from its Go module (docs/kueue.md)."""
 
     def __init__(self, directory: Path | None = None, bin_dir: Path | None = None, real_node: bool = True,
-                 say: Callable[[str], None] = lambda line: None) -> None:
+                 say: Callable[[str], None] = lambda line: None, kueue: bool = False) -> None:
         self.directory = Path(directory or default_directory()).resolve()
         self._bin_dir = bin_dir
         self.real_node = real_node
+        self.kueue = kueue
         self.say = say
         self.pki = Pki(self.directory / "pki")
 
     @property
     def components(self) -> tuple[str, ...]:
-        return CONTROL_PLANE + (REAL_NODE if self.real_node else ())
+        return CONTROL_PLANE + (REAL_NODE if self.real_node else ()) + (("kueue",) if self.kueue else ())
 
     @property
     def api_host(self) -> str:
@@ -87,7 +93,7 @@ class LocalCluster:
     @property
     def bin_dir(self) -> Path:
         if self._bin_dir is None:
-            self._bin_dir = ensure_binaries()
+            self._bin_dir = ensure_binaries(("kueue",) if self.kueue else ())
         return self._bin_dir
 
     @property
@@ -138,7 +144,8 @@ class LocalCluster:
         self.down()
         self.bin_dir  # noqa: B018 (builds any missing binary before anything starts)
         self.directory.mkdir(parents=True, exist_ok=True)
-        state = ClusterState(ports={name: processes.free_port() for name in PORTS}, real_node=self.real_node)
+        state = ClusterState(ports={name: processes.free_port() for name in PORTS}, real_node=self.real_node,
+                             kueue=self.kueue)
         if self.real_node:
             self._prepare_real_node(state)
         create_pki(self.directory / "pki")
@@ -156,6 +163,9 @@ class LocalCluster:
                 deadline = self._start_real_node(state, timeout)
             self._wait("nodes Ready", self._nodes_ready, deadline)
             self._wait("default service account", self._default_service_account, deadline)
+            if self.kueue:
+                self.kueue_manager(state.ports).install(self.kubectl)
+                self._start("kueue", state, deadline)
         except BaseException:
             self.down()
             raise
@@ -196,7 +206,7 @@ class LocalCluster:
         """Stop every component (SIGTERM, then SIGKILL) in reverse start order, undo what the real node did
         to the host, and forget the state."""
         state = self.load_state()
-        for name in reversed(CONTROL_PLANE + REAL_NODE):
+        for name in reversed(CONTROL_PLANE + REAL_NODE + ("kueue",)):
             if name == "containerd" and state.real_node:
                 self.node.remove_containers()
             if name in state.pids:
@@ -219,6 +229,10 @@ class LocalCluster:
     def status(self) -> dict[str, bool]:
         state = self.load_state()
         return {name: bool(state.pids) and self._healthy(name, state) for name in self.components}
+
+    def kueue_manager(self, ports: dict[str, int] | None = None) -> Kueue:
+        ports = ports or self.load_state().ports
+        return Kueue(self.directory / "kueue", self.bin_dir, self.kubeconfig, ports["kueue"], ports["kueue-webhook"])
 
     # -- internals ------------------------------------------------------------------------------
     def _command(self, name: str, bins: Path, ports: dict[str, int]) -> list[str]:
@@ -269,6 +283,8 @@ class LocalCluster:
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake"]
         if name in REAL_NODE:
             return self.node.command(name)
+        if name == "kueue":
+            return self.kueue_manager(ports).command()
         raise ValueError(name)
 
     def _aggregation_flags(self) -> list[str]:
@@ -304,6 +320,8 @@ class LocalCluster:
         if name == "containerd":
             return subprocess.run(["ctr", "--address", str(CONTAINERD_SOCKET), "version"],
                                   capture_output=True).returncode == 0
+        if name == "kueue":
+            return self.kueue_manager(state.ports).healthy()
         port = state.ports[name]
         if name == "etcd":
             return self._get(f"http://127.0.0.1:{port}/health", None) == 200

@@ -75,18 +75,18 @@ class Pki:
         return self.directory / f"{name}.crt", self.directory / f"{name}.key"
 
 
-def _openssl(*args: str) -> None:
+def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _key(path: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path))
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path))
     path.chmod(0o600)
 
 
 def _ca(cert: Path, key: Path, name: str) -> None:
     _key(key)
-    _openssl("req", "-x509", "-new", "-key", str(key), "-subj", f"/CN={name}", "-days", "365",
+    openssl("req", "-x509", "-new", "-key", str(key), "-subj", f"/CN={name}", "-days", "365",
              "-sha256", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              "-out", str(cert))
 
@@ -95,9 +95,9 @@ def _sign(pki: Pki, name: str, subject: str, extensions: str, ca: tuple[Path, Pa
     key, csr, crt, ext = (pki.directory / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
     ca_cert, ca_key = ca or (pki.ca_cert, pki.ca_key)
     _key(key)
-    _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
+    openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
     ext.write_text(extensions)
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
              "-days", "365", "-sha256", "-extfile", str(ext), "-out", str(crt))
     csr.unlink()
     ext.unlink()
@@ -145,6 +145,6 @@ def create_pki(directory: Path) -> Pki:
     for name, (cn, org) in CLIENTS.items():
         _sign(pki, name, f"/CN={cn}" + (f"/O={org}" if org else ""), CLIENT_EXTENSIONS)
     _ensure_front_proxy(pki)
-    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(pki.sa_key))
-    _openssl("pkey", "-in", str(pki.sa_key), "-pubout", "-out", str(pki.sa_pub))
+    openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(pki.sa_key))
+    openssl("pkey", "-in", str(pki.sa_key), "-pubout", "-out", str(pki.sa_pub))
     return pki

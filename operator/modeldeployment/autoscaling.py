@@ -3,8 +3,8 @@
 
 The HPA records, at each rescale, the replicas it found (currentReplicas), the replicas it set
 (desiredReplicas), the metric value that led there (currentMetrics) and when (lastScaleTime). The operator
-reads it whenever it reconciles (the ModelDeployment's replicas and its pods change right after a scale), and
-keeps the last decision in `status.autoscaling.lastScale` until the next one.
+watches the HPA (its status changes trigger a reconcile), reads it when it reconciles, and keeps the last
+decision in `status.autoscaling.lastScale` until the next one.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """kopf wiring for ModelDeployments. Handlers only queue keys (operator/controller.py): every change that matters
-(the ModelDeployment, its Deployment and pods, a referenced TrainingJob) triggers the same level-triggered
-reconcile (modeldeployment/reconcile.py).
+(the ModelDeployment, its Deployment, pods and HorizontalPodAutoscaler, a referenced TrainingJob) triggers the same
+level-triggered reconcile (modeldeployment/reconcile.py).
 
 No finalizer is needed or added: children carry ownerReferences, so deleting a ModelDeployment cascades
 even while the operator is down.
@@ -53,9 +53,15 @@ async def modeldeployment_event(event: kopf.RawEvent, namespace: str | None, nam
     memo.modeldeployments.add(key)
 
 
-# Deployments and pods are filtered by the API server (main.py's label selectors); see trainingjob/handlers.py.
+# Deployments, HorizontalPodAutoscalers and pods are filtered by the API server (main.py's label selectors); see trainingjob/handlers.py.
 @kopf.on.event("apps", "v1", "deployments", labels=RUNTIME)
 async def deployment_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    memo.modeldeployments.add((namespace or "", labels[mflabels.MODELDEPLOYMENT]))
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=RUNTIME)
+async def autoscaler_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """The HPA measured or decided something: status.autoscaling says so."""
     memo.modeldeployments.add((namespace or "", labels[mflabels.MODELDEPLOYMENT]))
 
 

@@ -7,7 +7,12 @@ status), so the operator can be killed at any point and the next reconcile picks
 
 from __future__ import annotations
 
+import asyncio
+import json
+import urllib.parse
+import urllib.request
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -17,6 +22,7 @@ from modelfleet_operator.apierrors import UNPROCESSABLE, refusal_message
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.controller import Outcome
 from modelfleet_operator.kube import Kube, is_not_found, namespace_terminating
+from modelfleet_operator.modeldeployment import canary as mdcanary
 from modelfleet_operator.modeldeployment import capacity
 from modelfleet_operator.modeldeployment import status as mdstatus
 from modelfleet_operator.modeldeployment.autoscaling import hpa_name
@@ -24,8 +30,11 @@ from modelfleet_operator.modeldeployment.render import (
     KEDA_CRD,
     PODMONITOR_CRD,
     RenderContext,
+    deployment_revision,
+    render_canary,
     render_children,
     served_name,
+    template_hash,
 )
 from modelfleet_operator.modeldeployment.resolve import ResolvedModel, resolve_model
 from modelfleet_operator.modeldeployment.spec import DeploymentSpec, SpecError, parse_spec
@@ -40,6 +49,9 @@ UNSETTLED_RESYNC_SECONDS = 10.0  # and one that is rolling, waiting or failing m
 class ChildRefused(Exception):
     """A child cannot be applied because of the spec: the API server refused it (422), or its name is taken by
     an object this ModelDeployment does not own. The message names the field."""
+
+
+PROMETHEUS_TIMEOUT_SECONDS = 5
 
 
 async def reconcile(kube: Kube, namespace: str, name: str, config: OperatorConfig) -> Outcome | None:
@@ -78,14 +90,26 @@ async def _reconcile(kube: Kube, namespace: str, name: str, config: OperatorConf
             policy.check_host_paths(_host_path_fields(spec, serving), config.allow_host_paths)
         except policy.PolicyError as error:
             return await _finish(kube, obj, replace(obs, spec_error=str(error)), old)
-        strategy = await _strategy(kube, spec)
+        live = await kube.get("Deployment", namespace, name)
+        strategy = await _strategy(kube, spec, live, old.get("rollout"))
         keda = await kube.crd_established(KEDA_CRD)
         pod_monitor = await kube.crd_established(PODMONITOR_CRD)
         ctx = RenderContext(name, namespace, meta["uid"], serving, strategy, spec.image or config.runtime_image,
                             spec.image_pull_policy or config.image_pull_policy, keda, pod_monitor,
                             config.prometheus_url)
+        children = render_children(spec, ctx)
+        deployment = next(child for child in children if child["kind"] == "Deployment")
+        decision = await _canary_decision(kube, spec, old.get("canary"), deployment, live, namespace, name,
+                                          spec.rollout.canary and (spec.rollout.canary.prometheus_address
+                                                                   or config.prometheus_url))
         try:
-            applied = {child["kind"]: await _apply_owned(kube, child, meta) for child in render_children(spec, ctx)}
+            applied = {child["kind"]: await _apply_owned(kube, child, meta)
+                       if child is not deployment or decision.apply_stable else await _hold(kube, live, child)
+                       for child in children}
+            if decision.canary_replicas:
+                await _apply_owned(kube, render_canary(deployment, decision.canary_replicas), meta)
+            else:
+                await _delete_owned(kube, "Deployment", namespace, mdcanary.canary_name(name), meta["uid"])
         except ChildRefused as error:
             return await _finish(kube, obj, replace(obs, spec_error=str(error)), old)
         served = {"ScaledObject": keda, "PodMonitor": pod_monitor}
@@ -97,7 +121,12 @@ async def _reconcile(kube: Kube, namespace: str, name: str, config: OperatorConf
                       failures=await _with_logs(kube, namespace, mdstatus.pod_failures(pods), old),
                       autoscaling=spec.autoscaling,
                       autoscaler=await kube.get("HorizontalPodAutoscaler", namespace, hpa_name(name, keda))
-                      if spec.autoscaling else None)
+                      if spec.autoscaling else None,
+                      canary=decision)
+        outcome = await _finish(kube, obj, obs, old)
+        if decision.requeue_after is not None:
+            return replace(outcome, requeue_after=min(outcome.requeue_after, decision.requeue_after))
+        return outcome
     return await _finish(kube, obj, obs, old)
 
 
@@ -130,22 +159,91 @@ async def _apply_owned(kube: Kube, child: dict[str, Any], owner_meta: dict[str, 
 async def _finish(kube: Kube, obj: dict[str, Any], obs: mdstatus.Observation, old: dict[str, Any]) -> Outcome:
     new = mdstatus.compute_status(obs, old)
     if new != old:
-        # A merge patch keeps keys it does not mention: clear the ones the new status no longer has.
-        await kube.patch_status(KIND, obs.namespace, obs.name, {**{k: None for k in old if k not in new}, **new})
+        await kube.patch_status(KIND, obs.namespace, obs.name, merge_patch(old, new))
     for event in mdstatus.events(old, new):
         await events.post(kube, obj, event)
     settled = new["phase"] in ("Ready", "ScaledToZero", "Invalid")
     return Outcome(new["phase"], SETTLED_RESYNC_SECONDS if settled else UNSETTLED_RESYNC_SECONDS)
 
 
-async def _strategy(kube: Kube, spec: DeploymentSpec) -> capacity.Strategy:
-    gpus = spec.gpus_per_pod
-    if not capacity.needs_capacity_check(spec.rollout, gpus):
-        return capacity.choose_strategy(spec.rollout, gpus, True)
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from `old` to `new`: a merge patch keeps keys it does not mention, so the ones `new` no
+    longer has are set to null (in nested objects too)."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        patch[key] = merge_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+    return patch
+
+
+async def _strategy(kube: Kube, spec: DeploymentSpec, live: dict[str, Any] | None,
+                    old: dict[str, Any] | None) -> capacity.Strategy:
+    requests = capacity.container_requests(spec.resources)
+    if not capacity.needs_capacity_check(spec.rollout, requests):
+        return capacity.choose_strategy(spec.rollout, requests, True)
+    if live and not mdstatus.rollout_complete(live, int(live["spec"].get("replicas") or 0)):
+        kept = capacity.keep_decision(spec.rollout, old)  # a rollout in flight keeps what was decided for it
+        if kept:
+            return kept
     nodes = await kube.list_objects("Node")
     pods = await kube.list_objects("Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed,spec.nodeName!=")
-    room = capacity.surge_fits(gpus, nodes, pods, spec.node_selector, spec.tolerations)
-    return capacity.choose_strategy(spec.rollout, gpus, room)
+    room = capacity.surge_fits(requests, nodes, pods, spec.node_selector, spec.tolerations)
+    return capacity.choose_strategy(spec.rollout, requests, room)
+
+
+async def _canary_decision(kube: Kube, spec: DeploymentSpec, old: dict[str, Any] | None,
+                           deployment: dict[str, Any], live: dict[str, Any] | None, namespace: str, name: str,
+                           prometheus: str | None) -> mdcanary.Decision:
+    """Observe the stable and canary Deployments, decide the canary's next step, and measure when it asks."""
+    live_canary = await kube.get("Deployment", namespace, mdcanary.canary_name(name))
+    candidate = template_hash(deployment["spec"]["template"])
+    replicas = int((live_canary or {}).get("spec", {}).get("replicas") or 0)
+    obs = mdcanary.Observed(
+        candidate=candidate,
+        stable=deployment_revision(live),
+        stable_complete=mdstatus.rollout_complete(live, int((live or {}).get("spec", {}).get("replicas") or 0)),
+        canary_ready=(deployment_revision(live_canary) == candidate and replicas == int((old or {}).get("canaryReplicas") or 0)
+                      and mdstatus.rollout_complete(live_canary, replicas)),
+        desired=spec.desired_replicas,
+        now=datetime.now(timezone.utc).replace(tzinfo=None),
+        ready_timeout_seconds=spec.startup_timeout_seconds,
+    )
+    decision = mdcanary.decide(spec.rollout.canary, old, obs)
+    if not decision.analyze:
+        return decision
+    assert spec.rollout.canary is not None and prometheus
+    window = spec.rollout.canary.steps[int(decision.status["step"]) - 1].pause_seconds
+    try:
+        checks = []
+        for metric in spec.rollout.canary.metrics:
+            canary, stable = [await asyncio.to_thread(_prometheus_value, prometheus, mdcanary.query(
+                metric.name, namespace, name, is_canary, window)) for is_canary in (True, False)]
+            checks.append(mdcanary.evaluate(metric, canary, stable))
+    except (OSError, ValueError, KeyError) as error:  # Prometheus down or odd: retry, never judge on no answer
+        message = f"cannot query Prometheus at {prometheus}: {error}; retrying"
+        return replace(decision, analyze=False, requeue_after=UNSETTLED_RESYNC_SECONDS,
+                       status={**decision.status, "message": message})
+    return mdcanary.decide(spec.rollout.canary, old, obs, checks)
+
+
+def _prometheus_value(base: str, promql: str) -> float | None:
+    """One instant query (blocking: the reconcile runs it on a thread)."""
+    url = f"{base.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    with urllib.request.urlopen(url, timeout=PROMETHEUS_TIMEOUT_SECONDS) as response:
+        answer = json.loads(response.read())
+    if answer.get("status") != "success":
+        raise ValueError(f"{promql}: {answer.get('error', answer)}")
+    return mdcanary.value_of(answer["data"]["result"])
+
+
+async def _hold(kube: Kube, live: dict[str, Any] | None, rendered: dict[str, Any]) -> dict[str, Any]:
+    """Keep the stable Deployment's pod template (a canary runs, or was rolled back); only its replicas follow."""
+    assert live is not None
+    replicas = rendered["spec"]["replicas"]
+    if live["spec"].get("replicas") == replicas:
+        return live
+    return await kube.patch("Deployment", live["metadata"]["namespace"], live["metadata"]["name"],
+                            {"spec": {"replicas": replicas}})
 
 
 async def _delete_owned(kube: Kube, kind: str, namespace: str, name: str, uid: str) -> None:
@@ -156,12 +254,12 @@ async def _delete_owned(kube: Kube, kind: str, namespace: str, name: str, uid: s
 
 
 async def _with_logs(kube: Kube, namespace: str, failures: list[mdstatus.Failure],
-               old: dict[str, Any]) -> list[mdstatus.Failure]:
+                     old: dict[str, Any]) -> list[mdstatus.Failure]:
     failures, fetch = mdstatus.carry_log_lines(failures, old)
     fetched = {}
     for failure in fetch[:mdstatus.MAX_FAILURES]:
         lines = await kube.log_tail(namespace, failure.pod, failure.container, mdstatus.MAX_LOG_LINES,
-                              previous=failure.restart_count > 0)
+                                    previous=failure.restart_count > 0)
         if lines:
             fetched[failure.key] = tuple(lines)
     return [replace(f, last_log_lines=fetched[f.key]) if f.key in fetched else f for f in failures]

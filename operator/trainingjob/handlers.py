@@ -14,7 +14,7 @@ import kopf
 
 from modelfleet_operator import GROUP, VERSION
 from modelfleet_operator.labels import TRAININGJOB
-from modelfleet_operator.trainingjob import render
+from modelfleet_operator.trainingjob import kueue, render
 from modelfleet_operator.trainingjob.progress import parse_report
 from modelfleet_operator.trainingjob.reconcile import KIND
 
@@ -33,10 +33,16 @@ async def trainingjob_changed(type: str, name: str, namespace: str, body: kopf.B
         memo.trainingjobs.add(key)
 
 
-# The pod and ConfigMap watches are filtered by the API server (main.py's label selectors): unrelated objects never
-# reach the operator. The handlers' own label filters only split those children between the two kinds.
+# The pod, ConfigMap and Workload watches are filtered by the API server (main.py's label selectors): unrelated
+# objects never reach the operator. The handlers' own label filters only split those children between the two kinds.
 @kopf.on.event("", "v1", "pods", labels={TRAININGJOB: kopf.PRESENT})
 async def trainer_pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    memo.trainingjobs.add((namespace, labels[TRAININGJOB]))
+
+
+@kopf.on.event(kueue.GROUP, kueue.VERSION, kueue.PLURAL, labels={TRAININGJOB: kopf.PRESENT})
+async def workload_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """Kueue admitted, evicted or requeued a job's Workload (kopf skips this where Kueue's CRDs are missing)."""
     memo.trainingjobs.add((namespace, labels[TRAININGJOB]))
 
 

@@ -21,7 +21,7 @@ from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.controller import Key, Outcome
 from modelfleet_operator.kube import Kube, error_message
 from modelfleet_operator.labels import MANAGED_BY, MANAGER, TRAININGJOB, selector
-from modelfleet_operator.trainingjob import render
+from modelfleet_operator.trainingjob import admission, kueue, render
 from modelfleet_operator.trainingjob.spec import SpecError, parse_spec
 from modelfleet_operator.trainingjob.status import CreateFailure, Plan, creation_failed, decide
 
@@ -52,18 +52,25 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome | None:
         ctx.written.pop((namespace, name), None)
         return None
     pods = await kube.list_objects("Pod", namespace, label_selector=selector({TRAININGJOB: name, MANAGED_BY: MANAGER}))
+    queued = await admission.observe(kube, job, ctx.config.trainer_image, ctx.config.image_pull_policy)
     now = dt.datetime.now(dt.timezone.utc)
-    plan = decide(job, pods, now, allow_host_paths=ctx.config.allow_host_paths)
+    plan = decide(job, pods, now, allow_host_paths=ctx.config.allow_host_paths,
+                  admission=queued.admission if queued else None)
     await _attach_logs(kube, namespace, plan)
 
     # Status first: a restart or a finish is recorded before any pod is deleted, so a crash in between
     # cannot lose it (the next pass sees pods of an old attempt, or a finished job, and deletes them).
     job = await _patch_status(ctx, job, plan.status)
     await asyncio.gather(*(kube.delete("Pod", namespace, pod) for pod in plan.delete_pods))
+    if queued:
+        await admission.settle(kube, job, pods, queued, now)
+        if queued.workload is None:
+            plan.requeue(RETRY_CREATE_SECONDS)
     if plan.restart_reason:
         metrics.RESTARTS.labels(plan.restart_reason).inc()
     if plan.create_pods:
-        failure = await _create_children(ctx, job, plan)
+        update = await admission.pod_update(kube, queued) if queued else None
+        failure = await _create_children(ctx, job, plan, update)
         if failure:
             job = await _patch_status(ctx, job, creation_failed(job.get("status") or {}, failure,
                                                                 job["metadata"].get("generation"), now))
@@ -107,7 +114,8 @@ async def _patch_status(ctx: Context, job: dict[str, Any], status: dict[str, Any
     return updated
 
 
-async def _create_children(ctx: Context, job: dict[str, Any], plan: Plan) -> CreateFailure | None:
+async def _create_children(ctx: Context, job: dict[str, Any], plan: Plan,
+                           update: kueue.PodUpdate | None) -> CreateFailure | None:
     """Create the supporting objects, then the missing pods. Says why not when the API server refuses one, or
     when an object of a child's name exists that this job does not own (its pods would otherwise run as someone
     else's ServiceAccount, or read someone else's configuration)."""
@@ -130,6 +138,8 @@ async def _create_children(ctx: Context, job: dict[str, Any], plan: Plan) -> Cre
             return CreateFailure(problem.message, invalid=not problem.transient)
     pods = [render.pod(spec, job, rank, attempt, ctx.config.trainer_image, ctx.config.image_pull_policy)
             for rank in plan.create_pods]
+    if update is not None:  # Kueue's admission: the assigned flavors' node labels and tolerations
+        pods = [kueue.apply(pod, update) for pod in pods]
     created, failure = await _create_all(kube, pods)
     metrics.PODS_CREATED.labels(KIND).inc(sum(created))
     return failure

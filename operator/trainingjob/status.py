@@ -15,6 +15,7 @@ from model_runtime.training import exitcodes
 from modelfleet_operator import labels, policy
 from modelfleet_operator.conditions import set_condition
 from modelfleet_operator.events import Event
+from modelfleet_operator.trainingjob.kueue import Admission
 from modelfleet_operator.trainingjob.progress import final_digest
 from modelfleet_operator.trainingjob.render import ATTEMPT_ANNOTATION, CONTAINER, Names
 from modelfleet_operator.trainingjob.spec import JobSpec, SpecError, check_policy, parse_spec
@@ -152,9 +153,10 @@ class _Decider:
     """One reconcile's decision; a class only to share the working status between small steps."""
 
     def __init__(self, job: Mapping[str, Any], pods: list[Mapping[str, Any]], now: dt.datetime,
-                 allow_host_paths: bool) -> None:
+                 allow_host_paths: bool, admission: Admission | None) -> None:
         self.job = job
         self.allow_host_paths = allow_host_paths
+        self.admission = admission
         self.meta = job["metadata"]
         self.now = now
         self.generation = self.meta.get("generation")
@@ -251,9 +253,14 @@ class _Decider:
         if spec.run_policy.suspend:
             self.suspend(spec)
             return self.plan
+        if self.admission is not None and not self.admission.admitted:  # Kueue has not admitted it (kueue.py)
+            self.suspend(spec, self.admission.reason, self.admission.message)
+            return self.plan
         if self.has_condition("Suspended"):
-            self.condition("Suspended", False, "Resumed", "the job was resumed")
-            self.event("Normal", "Resumed", "the job was resumed; starting its pods")
+            reason, message = (self.admission.reason, self.admission.message) if self.admission else (
+                "Resumed", "the job was resumed")
+            self.condition("Suspended", False, reason, message)
+            self.event("Normal", reason, f"{message}; starting its pods")
         if self.deadline_exceeded(spec):
             return self.plan
 
@@ -287,14 +294,15 @@ class _Decider:
         except SpecError:
             return None
 
-    def suspend(self, spec: JobSpec) -> None:
+    def suspend(self, spec: JobSpec, reason: str = "Suspended",
+                message: str = "spec.runPolicy.suspend is true; the job's pods are deleted") -> None:
         self.plan.delete_pods = [p.name for p in self.pods if not p.deleting]
         self.status["nodes"] = []
         self.status.pop("startTime", None)  # the deadline clock restarts on resume, as for a Kubernetes Job
         self.status.pop("lastProgress", None)  # and so does the progress deadline's
-        self.condition("Suspended", True, "Suspended", "spec.runPolicy.suspend is true; the job's pods are deleted")
-        self.condition("Running", False, "Suspended", "the job is suspended")
-        self.enter(SUSPENDED, "Suspended", "the job is suspended; deleting its pods")
+        self.condition("Suspended", True, reason, message)
+        self.condition("Running", False, reason, "the job is suspended")
+        self.enter(SUSPENDED, reason, message, warning=bool(self.admission and self.admission.evicted))
 
     def deadline_exceeded(self, spec: JobSpec) -> bool:
         limit = spec.run_policy.active_deadline_seconds
@@ -457,9 +465,10 @@ class _Decider:
 
 
 def decide(job: Mapping[str, Any], pods: list[Mapping[str, Any]], now: dt.datetime,
-           allow_host_paths: bool = False) -> Plan:
-    """The next status and actions for `job` given its pods (all pods labelled with its name)."""
-    return _Decider(job, pods, now, allow_host_paths).decide()
+           allow_host_paths: bool = False, admission: Admission | None = None) -> Plan:
+    """The next status and actions for `job` given its pods (all pods labelled with its name) and, for a job
+    queued in Kueue, what its Workload says."""
+    return _Decider(job, pods, now, allow_host_paths, admission).decide()
 
 
 @dataclass(frozen=True)

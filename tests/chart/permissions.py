@@ -23,8 +23,13 @@ NEEDED_IN_NAMESPACE: list[tuple[str, str, str]] = [
     *((verb, "serviceaccounts", "") for verb in ("get", "create")),
     *((verb, "roles", "rbac.authorization.k8s.io") for verb in ("get", "create")),
     *((verb, "rolebindings", "rbac.authorization.k8s.io") for verb in ("get", "create")),
+    # Kueue: each queued TrainingJob's Workload (operator/trainingjob/admission.py), watched by kopf.
+    *((verb, "workloads", "kueue.x-k8s.io") for verb in ("get", "list", "watch", "create")),
+    ("patch", "workloads/status", "kueue.x-k8s.io"),
     ("create", "events", ""),
     *((verb, "deployments", "apps") for verb in ("get", "list", "watch", "create", "patch")),
+    # list/watch: the HPA's status changes trigger a reconcile (status.autoscaling).
+    *((verb, "horizontalpodautoscalers", "autoscaling") for verb in ("list", "watch")),
     *((verb, resource, group)
       for resource, group in (("poddisruptionbudgets", "policy"), ("horizontalpodautoscalers", "autoscaling"),
                               ("scaledobjects", "keda.sh"))
@@ -37,6 +42,7 @@ NEEDED_CLUSTER_WIDE: list[tuple[str, str, str]] = [
     ("list", "nodes", ""),
     ("list", "pods", ""),
     *((verb, "customresourcedefinitions", "apiextensions.k8s.io") for verb in ("get", "list", "watch")),
+    ("get", "resourceflavors", "kueue.x-k8s.io"),  # an admitted Workload's flavors: node labels, tolerations
 ]
 
 # Only with watchNamespaces: kopf lists and watches namespaces to follow the listed ones.
@@ -50,6 +56,7 @@ FORBIDDEN_IN_NAMESPACE: list[tuple[str, str, str]] = [
     ("create", "persistentvolumeclaims", ""), ("delete", "modeldeployments", "modelfleet.dev"),
     ("patch", "trainingjobs", "modelfleet.dev"), ("update", "modeldeployments", "modelfleet.dev"),  # specs are the user's
     ("create", "trainingjobs", "modelfleet.dev"), ("update", "deployments/scale", "apps"),
+    ("update", "workloads", "kueue.x-k8s.io"), ("delete", "workloads", "kueue.x-k8s.io"),  # Kueue's, not ours
 ]
 
 FORBIDDEN_CLUSTER_WIDE: list[tuple[str, str, str]] = [

@@ -143,12 +143,20 @@ them). Server-side apply of an object that does not exist yet is authorized as "
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create]
+# Kueue (docs/kueue.md): the Workload of each TrainingJob labelled kueue.x-k8s.io/queue-name, watched to notice
+# admission and eviction; its status gets Finished, or the released quota after an eviction.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch, create]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]
 # core/v1 Events on TrainingJobs and ModelDeployments.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# What a ModelDeployment renders: the runtime Deployment (watched), its PodDisruptionBudget, autoscaler and
-# PodMonitor; the optional ones are deleted when no longer wanted (a PodMonitor only goes with its CRD).
+# What a ModelDeployment renders: the runtime Deployment and its HPA (both watched), its PodDisruptionBudget,
+# autoscaler and PodMonitor; the optional ones are deleted when no longer wanted (a PodMonitor only goes with its CRD).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
@@ -157,7 +165,7 @@ them). Server-side apply of an object that does not exist yet is authorized as "
   verbs: [get, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [get, create, patch, delete]
@@ -168,14 +176,18 @@ them). Server-side apply of an object that does not exist yet is authorized as "
 
 {{/* Rules that only a ClusterRole can grant: cluster-scoped resources and reads across all namespaces. */}}
 {{- define "modelfleet.clusterRules" -}}
-# GPU-aware rollouts: free GPUs = node allocatable minus the requests of the pods bound to each node,
-# which means listing nodes, and pods in every namespace.
+# Room for a surge pod (whenNoRoom: Replace): node allocatable minus the requests of the pods bound to each
+# node, which means listing nodes, and pods in every namespace.
 - apiGroups: [""]
   resources: [nodes]
   verbs: [list]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# Kueue: the node labels and tolerations of the ResourceFlavors assigned to an admitted Workload.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors]
+  verbs: [get]
 # kopf notices CRDs (KEDA, Prometheus Operator, its own) appearing and disappearing; never writes them.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]

@@ -234,9 +234,10 @@ def test_training_job_reference_waits_resolves_and_follows_new_digests(
     assert "ModelChanged" in reasons(cluster, namespace, "served")
 
 
-def test_gpu_aware_rollout_does_not_hang_when_gpus_are_full(cluster: Any, kube: Kube, operator: Any,
-                                                            namespace: str) -> None:
+def test_replace_policy_rolls_without_surge_when_gpus_are_full(cluster: Any, kube: Kube, operator: Any,
+                                                              namespace: str) -> None:
     apply(cluster, namespace, manifest("gpu", replicas=2, image="example.com/runtime:1",
+                                       rollout={"whenNoRoom": "Replace"},
                                        resources={"limits": {"nvidia.com/gpu": 4}},
                                        nodeSelector={"nvidia.com/gpu.present": "true"}))
     st = wait_ready(kube, namespace, "gpu", 2)
@@ -263,6 +264,7 @@ def test_gpu_aware_rollout_does_not_hang_when_gpus_are_full(cluster: Any, kube: 
     assert all(p["spec"]["containers"][0]["image"] == "example.com/runtime:2" for p in pods)
     assert "RollingWithoutSurge" in reasons(cluster, namespace, "gpu")
     assert "maxSurge 0" in " ".join(c["message"] for c in st["conditions"] if c["type"] == "Progressing")
+    assert "whenNoRoom is Replace" in st["rollout"]["message"]
 
 
 def test_unschedulable_and_crashing_pods_are_reported(cluster: Any, kube: Kube, operator: Any, namespace: str) -> None:
@@ -296,6 +298,12 @@ def test_autoscaling_objects_are_accepted(cluster: Any, kube: Kube, operator: An
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "modelfleet.dev/v1alpha1", "kind": KIND, "name": "auto"}
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
     assert kube.get("PodDisruptionBudget", namespace, "auto") is not None
+    # No custom metrics API in this cluster: the status and a Warning say why the autoscaler cannot work.
+    scaling = wait_for(lambda: (s := (kube.get(KIND, namespace, "auto").get("status") or {}).get("autoscaling") or {})
+                       .get("reason") == "FailedGetPodsMetric" and s, timeout=60, what="status.autoscaling's reason")
+    assert "vllm:num_requests_waiting" in scaling["message"] and scaling["target"] == "4", scaling
+    wait_for(lambda: any(e[1] == "FailedGetPodsMetric" for e in events(cluster, namespace, "auto")), timeout=30,
+             what="a FailedGetPodsMetric Warning")
 
     fixtures = [str(FIXTURE_CRDS / "keda-scaledobject.yaml"), str(FIXTURE_CRDS / "prometheus-podmonitor.yaml")]
     cluster.kubectl("apply", *[a for f in fixtures for a in ("-f", f)])
