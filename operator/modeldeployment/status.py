@@ -9,6 +9,7 @@ from typing import Any
 
 from modelfleet_operator import labels
 from modelfleet_operator.conditions import get_condition, set_condition
+from modelfleet_operator.events import Event
 from modelfleet_operator.modeldeployment import canary as mdcanary
 from modelfleet_operator.modeldeployment.autoscaling import autoscaling_events, autoscaling_status
 from modelfleet_operator.modeldeployment.capacity import WAIT, Strategy
@@ -69,13 +70,6 @@ class Observation:
     autoscaling: Autoscaling | None = None
     autoscaler: dict[str, Any] | None = None  # its HorizontalPodAutoscaler (KEDA's, with KEDA) as read
     canary: mdcanary.Decision | None = None
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
 
 
 def pod_failures(pods: list[dict[str, Any]]) -> list[Failure]:

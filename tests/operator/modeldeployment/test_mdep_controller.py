@@ -12,7 +12,7 @@ import pytest
 
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.modeldeployment.capacity import Strategy, free_gpus
-from modelfleet_operator.modeldeployment.kube import Kube
+from tests.kubeclient import SyncKube as Kube
 from modelfleet_operator.modeldeployment.render import RenderContext, render_children
 from modelfleet_operator.modeldeployment.resolve import ResolvedModel
 from modelfleet_operator.modeldeployment.spec import parse_spec
