@@ -169,7 +169,8 @@ def kueue_admits_evicts_and_readmits_a_queued_job(scene: Scene) -> None:
     queued["metadata"]["labels"] = {QUEUE_LABEL: "team"}
     scene.apply(queued)
     workload = wait_for(lambda: workload_of(jobs, "queued"), what="the operator's Workload")
-    assert jobs.condition("queued", "Suspended").get("reason") == "WaitingForKueue" and jobs.pods("queued") == []
+    wait_for(lambda: jobs.condition("queued", "Suspended").get("reason") == "WaitingForKueue", what="WaitingForKueue")
+    assert jobs.pods("queued") == []
     [pod_set] = workload["spec"]["podSets"]
     admitted = {"clusterQueue": "audit", "podSetAssignments": [
         {"name": pod_set["name"], "count": pod_set["count"], "flavors": {"cpu": flavor, "memory": flavor}}]}
