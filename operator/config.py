@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/modelfleet/modelfleet:0.1.0"
 ALLOW_HOST_PATHS_ENV = "MODELFLEET_ALLOW_HOST_PATHS"
+DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 
 
-def env_flag(env: dict[str, str], name: str) -> bool:
-    """A boolean setting: "true" or "false" (any case; unset is false). Anything else is a startup error."""
-    value = env.get(name, "false").strip().lower()
+def env_flag(env: dict[str, str], name: str, default: bool = False) -> bool:
+    """A boolean setting: "true" or "false" (any case; unset is `default`). Anything else is a startup error."""
+    value = env.get(name, str(default)).strip().lower()
     if value not in ("true", "false"):
         raise ValueError(f"{name}: must be true or false, got {env[name]!r}")
     return value == "true"
@@ -39,6 +40,12 @@ class OperatorConfig:
     health_address: str = "0.0.0.0"
     # hostPath volumes (file:// URIs) give pods the node's filesystem: off unless the administrator opts in.
     allow_host_paths: bool = False
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL  # what a ModelDeployment's autoscaler queries
+    # Leader election (operator/leader.py): only the holder of this Lease runs the controllers.
+    leader_election: bool = True
+    leader_election_lease: str = "modelfleet-operator"
+    leader_election_namespace: str = ""  # "" -> the pod's namespace (or "default" outside a cluster)
+    leader_election_identity: str = ""  # "" -> hostname-pid; the chart sets the pod's name
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
@@ -52,4 +59,9 @@ class OperatorConfig:
             metrics_address=bind_address("MODELFLEET_METRICS_ADDRESS", env.get("MODELFLEET_METRICS_ADDRESS", "0.0.0.0")),
             health_address=bind_address("MODELFLEET_HEALTH_ADDRESS", env.get("MODELFLEET_HEALTH_ADDRESS", "0.0.0.0")),
             allow_host_paths=env_flag(env, ALLOW_HOST_PATHS_ENV),
+            prometheus_url=env.get("MODELFLEET_PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL),
+            leader_election=env_flag(env, "MODELFLEET_LEADER_ELECTION", default=True),
+            leader_election_lease=env.get("MODELFLEET_LEADER_ELECTION_LEASE", "modelfleet-operator"),
+            leader_election_namespace=env.get("MODELFLEET_LEADER_ELECTION_NAMESPACE", ""),
+            leader_election_identity=env.get("MODELFLEET_LEADER_ELECTION_IDENTITY", ""),
         )

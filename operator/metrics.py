@@ -18,6 +18,7 @@ RECONCILE_DURATION = Histogram(
 RESOURCES = Gauge("modelfleet_operator_resources", "Custom resources by kind and phase.", ["kind", "phase"])
 PODS_CREATED = Counter("modelfleet_operator_pods_created", "Pods created by the operator.", ["kind"])
 RESTARTS = Counter("modelfleet_operator_restarts", "Gang restarts of training jobs by reason.", ["reason"])
+LEADER = Gauge("modelfleet_operator_leader", "1 while this replica holds the leader Lease (and runs the controllers).")
 
 
 @contextmanager

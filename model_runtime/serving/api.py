@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_runtime.serving import completions
@@ -19,6 +20,7 @@ from model_runtime.serving.config import ServeConfig
 from model_runtime.serving.completions import Generation
 from model_runtime.serving.engine import RequestOutput
 from model_runtime.serving.errors import APIError, install_error_handlers
+from model_runtime.serving.faults import Faults
 from model_runtime.serving.protocol import (
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, DetokenizeRequest,
     DetokenizeResponse, ErrorResponse, Lenient, ModelCard, ModelList, PredictRequest, PredictResponse,
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/predict"})
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 429, 503)}
+# vLLM's http_* metrics leave out the probe and metrics routes.
+HTTP_METRICS_EXCLUDED = ["/metrics", "/health", "/ready", "/load", "/ping", "/version", "/server_info"]
 _TICKET = "modelfleet.sequences"  # scope key: the sequences a request was admitted with, released when it ends
 
 
@@ -65,13 +69,16 @@ class BodyLimitMiddleware:
 
 
 class AdmissionMiddleware:
-    """Before a generation request is even parsed: 503 while not ready or draining.
+    """Before a generation request is even parsed: 503 while not ready or draining (and an injected 500 when the
+    test-only fault switch says so).
 
-    Counts requests in flight for the drain on SIGTERM (a streaming response counts until its last byte), and
-    releases the sequences the handler admitted (``admit``) when the request ends."""
+    Counts requests in flight for the drain on SIGTERM (a streaming response counts until its last byte) and
+    releases the sequences the handler admitted (``admit``) when the request ends. ``http_requests_total`` comes
+    from prometheus-fastapi-instrumentator, added after this middleware so it wraps it and counts these 503s and
+    500s too."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], state: ServerState) -> None:
-        self.app, self.state = app, state
+    def __init__(self, app: Callable[..., Awaitable[None]], state: ServerState, faults: Faults) -> None:
+        self.app, self.state, self.faults = app, state, faults
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] not in GENERATION_PATHS:
@@ -80,6 +87,9 @@ class AdmissionMiddleware:
         if state.draining or not state.ready:
             reason = "the server is shutting down" if state.draining else "the model is not ready"
             return await APIError(503, reason).asgi(scope, receive, send)
+        if self.faults.next_fails():
+            return await APIError(500, "injected fault (MODELFLEET_FAULT_ERROR_RATE, for testing)").asgi(
+                scope, receive, send)
         ticket = scope[_TICKET] = [0]
         state.enter()
         try:
@@ -111,9 +121,12 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="modelfleet inference runtime", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible completions and chat over a continuous-batching engine.")
     app.state.server = state
-    app.add_middleware(AdmissionMiddleware, state=state)
+    app.add_middleware(AdmissionMiddleware, state=state, faults=Faults(cfg.fault_latency_ms, cfg.fault_error_rate))
     app.add_middleware(BodyLimitMiddleware, limit=cfg.max_request_bytes)
     install_error_handlers(app)
+    # The http_* request metrics as vLLM exposes them: the same library, its default metrics, grouped status codes.
+    http_registry = CollectorRegistry()
+    Instrumentator(excluded_handlers=HTTP_METRICS_EXCLUDED, registry=http_registry).instrument(app)
     seq_limit = cfg.max_num_seqs + cfg.max_waiting_requests
 
     def rt(request: Request) -> Runtime:
@@ -143,7 +156,8 @@ def create_app(cfg: ServeConfig, runtime: Runtime | None = None) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics (vLLM names)", response_class=Response)
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(rt(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(rt(request).metrics.registry) + generate_latest(http_registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     api = APIRouter(dependencies=[Depends(APIKeyAuth(cfg.api_keys))], responses=_ERRORS)
 

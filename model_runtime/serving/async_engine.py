@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import torch
 
 from model_runtime.serving.engine import EngineRequest, LLMEngine, RequestOutput
+from model_runtime.serving.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,14 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.vocab_size
+
+    def check_request(self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt") -> None:
+        """The engine's own validation, run by the API before admitting a request (it only reads fixed limits)."""
+        self.engine.check_request(prompt_ids, params, prompt_param)
 
     @property
     def alive(self) -> bool:
@@ -93,6 +102,7 @@ class AsyncEngine:
                         try:
                             engine.add_request(request)
                         except Exception as exc:  # validated by the API already; never let one request stop the loop
+                            engine.fail_request(request)
                             outputs.append((request.request_id, exc))
                     else:
                         aborted = engine.abort_request(message[1])
@@ -105,6 +115,10 @@ class AsyncEngine:
         except BaseException as exc:
             log.exception("engine loop died")
             self.error = exc
+            try:
+                engine.fail_all()
+            except Exception:  # the metrics are best effort once the engine is broken
+                log.exception("could not count the failed requests")
             self._loop.call_soon_threadsafe(self._fail_all, EngineDeadError(f"the engine loop died: {exc!r}"))
 
     def _dispatch(self, outputs: list) -> None:

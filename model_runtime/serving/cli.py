@@ -36,6 +36,8 @@ _OPTIONS: list[tuple[str, type | object, object, str]] = [
     ("--tokenizer-threads", int, 4, "threads that render chat templates and tokenize, off the event loop"),
     ("--request-timeout", float, 600.0, "seconds a request may take, queueing included"),
     ("--drain-timeout", float, 30.0, "seconds in-flight requests get to finish after SIGTERM"),
+    ("--fault-latency-ms", float, 0.0, "TESTING ONLY: delay every generation request by this many ms"),
+    ("--fault-error-rate", float, 0.0, "TESTING ONLY: answer this fraction (0-1) of generation requests with 500"),
     ("--api-key-file", Path, None, "file with API keys, one per line (also MODELFLEET_API_KEY, comma-separated)"),
 ]
 

@@ -56,7 +56,7 @@ def encode(runtime: Runtime, text: str, param: str, add_special_tokens: bool) ->
 def _sampling(runtime: Runtime, make: Callable[[], SamplingParams], prompt_ids: list[int], param: str) -> SamplingParams:
     try:
         params = make()
-        runtime.engine.engine.check_request(prompt_ids, params, param)
+        runtime.engine.check_request(prompt_ids, params, param)
     except InvalidRequest as exc:
         raise APIError(400, str(exc), param=exc.param, code="context_length_exceeded"
                        if exc.param in ("max_tokens", param) and "context" in str(exc) else None) from None
@@ -134,7 +134,7 @@ def tokenize(runtime: Runtime, body: TokenizeRequest) -> TokenizeResponse:
 
 def detokenize(runtime: Runtime, body: DetokenizeRequest) -> DetokenizeResponse:
     check_model(runtime, body.model)
-    vocab = runtime.engine.engine.vocab_size
+    vocab = runtime.engine.vocab_size
     if any(t >= vocab for t in body.tokens):
         raise APIError(400, f"token ids must be in [0, {vocab})", param="tokens")
     return DetokenizeResponse(prompt=runtime.tokenizer.decode(body.tokens, skip_special_tokens=False))
@@ -142,6 +142,8 @@ def detokenize(runtime: Runtime, body: DetokenizeRequest) -> DetokenizeResponse:
 
 async def outputs(runtime: Runtime, gen: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
     """(prompt index, output) of all the generation's engine requests, as they come."""
+    if runtime.cfg.fault_latency_ms:  # testing only (faults.py): after arrival, so it shows in TTFT
+        await asyncio.sleep(runtime.cfg.fault_latency_ms / 1000)
     if len(gen.requests) == 1:
         async for out in runtime.engine.generate(gen.requests[0]):
             yield 0, out

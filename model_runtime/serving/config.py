@@ -46,6 +46,8 @@ class ServeConfig:
     enable_prefix_caching: bool = True
     max_request_bytes: int = 32 << 20
     tokenizer_threads: int = 4
+    fault_latency_ms: float = 0.0  # testing only (faults.py)
+    fault_error_rate: float = 0.0  # testing only (faults.py)
 
     def __post_init__(self) -> None:
         positive = ("port", "max_num_seqs", "max_num_batched_tokens", "block_size", "max_waiting_requests",
@@ -57,6 +59,10 @@ class ServeConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if self.fault_latency_ms < 0:
+            raise ValueError(f"fault_latency_ms must be >= 0, got {self.fault_latency_ms}")
+        if not 0 <= self.fault_error_rate <= 1:
+            raise ValueError(f"fault_error_rate must be from 0 to 1, got {self.fault_error_rate}")
         if self.num_kv_blocks is not None and self.kv_cache_memory is not None:
             raise ValueError("give num_kv_blocks or kv_cache_memory, not both")
 

@@ -13,10 +13,10 @@ from tokenizers import Tokenizer
 
 from model_runtime.llama import LlamaForCausalLM
 from model_runtime.serving.block_manager import BlockManager
-from model_runtime.serving.metrics import RuntimeMetrics
+from model_runtime.serving.metrics import FinishedStats, RuntimeMetrics, StepStats
 from model_runtime.serving.model_runner import ModelRunner
-from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenLogprobs, TokenMasks, sample
-from model_runtime.serving.scheduler import Scheduler
+from model_runtime.serving.sampling import SampleRow, SamplingParams, TokenLogprobs, sample
+from model_runtime.serving.scheduler import ScheduledBatch, Scheduler
 from model_runtime.serving.sequence import Sequence
 from model_runtime.serving.structured import Guide, token_bitmasks
 from model_runtime.serving.text import TextAssembler
@@ -92,10 +92,10 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.limits = limits
         self.vocab_size = model.config.vocab_size
-        self.eos_token_ids = frozenset(eos_token_ids)
         self.metrics = metrics
         self.block_manager = BlockManager(limits.num_blocks, limits.block_size, limits.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, limits.max_num_seqs, limits.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.block_manager, limits.max_num_seqs, limits.max_num_batched_tokens,
+                                   limits.max_model_len, frozenset(eos_token_ids))
         self.runner = ModelRunner(model, limits.num_blocks, limits.block_size)
         self.requests: dict[str, _Request] = {}
         self.guided_requests: set[str] = set()  # with structured output; while empty, steps skip the mask logic
@@ -130,8 +130,7 @@ class LLMEngine:
                 generator = torch.Generator(device=self.runner.device).manual_seed(p.seed + index)
             seq = Sequence(self._next_seq_id, request.request_id, index, list(request.prompt_ids),
                            len(request.prompt_ids), p, TextAssembler(self.tokenizer, request.prompt_ids, p.stop),
-                           generator, arrival_time=request.arrival_time,
-                           guide=request.guides[index] if request.guides else None)
+                           generator, guide=request.guides[index] if request.guides else None)
             self._next_seq_id += 1
             self.scheduler.add(seq)
             seqs.append(seq)
@@ -154,64 +153,58 @@ class LLMEngine:
         self._record_step()  # the gauges must show the freed blocks even if no step follows
         return output
 
+    def fail_request(self, request: EngineRequest) -> None:
+        """A request the engine could not take after the API accepted it: counted as vLLM's ``error``."""
+        self.requests.pop(request.request_id, None)
+        if self.metrics is not None:
+            self.metrics.record_finished(FinishedStats(
+                "error", request.arrival_time, None, None, time.monotonic(), len(request.prompt_ids), 0, 0,
+                request.params.n, request.params.max_tokens))
+
+    def fail_all(self) -> None:
+        """The engine loop died: every request in flight ends in ``error``."""
+        for state in list(self.requests.values()):
+            self.fail_request(state.request)
+
     def step(self) -> list[RequestOutput]:
-        now = time.monotonic()
-        outputs = [out for rid, st in list(self.requests.items())
-                   if st.deadline is not None and now >= st.deadline
-                   for out in [self.abort_request(rid, "timeout")] if out is not None]
+        """Expire timed-out requests, run one scheduled batch, and report what changed."""
+        outputs = self._expire(time.monotonic())
         batch = self.scheduler.schedule()
-        new_tokens: dict[int, list[int]] = {}
-        new_logprobs: dict[int, list[tuple[int, TokenLogprobs]]] = {}
+        samplers: list[Sequence] = []
+        tokens: list[int] = []
         if batch.items:
             samplers, logits = self.runner.execute(batch.items)
-            now = time.monotonic()
-            for seq, n in batch.items:
-                seq.num_computed_tokens += n
-                self.block_manager.commit(seq)
-                state = self.requests[seq.request_id]
-                if state.scheduled_time is None:
-                    state.scheduled_time = now
-                state.cached_tokens = max(state.cached_tokens, seq.num_cached_tokens)
-            rows = [SampleRow(s.params, s.token_ids, s.num_prompt_tokens, s.generator) for s in samplers]
-            masks = self._token_masks(samplers) if self.guided_requests else None
-            tokens, logprobs = sample(logits, rows, masks) if samplers else ([], [])
-            intervals = []
-            for seq, token, lp in zip(samplers, tokens, logprobs):
-                if seq.last_token_time is not None:
-                    intervals.append(now - seq.last_token_time)
-                seq.last_token_time = now
-                self._append_token(seq, token)
-                new_tokens[seq.seq_id] = [token]
-                if lp is not None:
-                    new_logprobs[seq.seq_id] = [(token, lp)]
-            if self.metrics is not None and tokens:
-                self.metrics.record_tokens(len(tokens), intervals)
-            touched = {s.request_id for s in samplers}
-            outputs += [self._collect(self.requests[rid], new_tokens, new_logprobs, now) for rid in touched]
-        self._record_step()
+            tokens, logprobs = self._sample(samplers, logits)
+            self.scheduler.postprocess(batch, samplers, tokens)
+            outputs += self._outputs(batch, samplers, tokens, logprobs, time.monotonic())
+        self._record_step(batch.num_tokens, samplers)
         return outputs
 
-    def _token_masks(self, samplers: list[Sequence]) -> TokenMasks | None:
-        guided = [i for i, s in enumerate(samplers) if s.guide is not None]
-        return (guided, token_bitmasks([samplers[i].guide for i in guided], self.vocab_size)) if guided else None
+    def _expire(self, now: float) -> list[RequestOutput]:
+        expired = [rid for rid, st in self.requests.items() if st.deadline is not None and now >= st.deadline]
+        return [out for rid in expired for out in [self.abort_request(rid, "timeout")] if out is not None]
 
-    def _append_token(self, seq: Sequence, token: int) -> None:
-        seq.token_ids.append(token)
-        p = seq.params
-        reason = None
-        if seq.guide is not None:
-            seq.guide.advance(token)
-        if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
-            reason = "stop"  # the stop token itself is not part of the text
-        elif seq.text.append(token):
-            return self.scheduler.finish(seq, "stop")  # the text was cut before the stop string
-        elif seq.guide is not None and seq.guide.done:
-            reason = "stop"  # the grammar is complete: nothing else may follow
-        elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.limits.max_model_len:
-            reason = "length"
-        if reason is not None:
-            seq.text.flush()
-            self.scheduler.finish(seq, reason)
+    def _sample(self, samplers: list[Sequence], logits: torch.Tensor) \
+            -> tuple[list[int], list[TokenLogprobs | None]]:
+        if not samplers:
+            return [], []
+        rows = [SampleRow(s.params, s.token_ids, s.num_prompt_tokens, s.generator) for s in samplers]
+        guided = [i for i, s in enumerate(samplers) if s.guide is not None] if self.guided_requests else []
+        masks = (guided, token_bitmasks([samplers[i].guide for i in guided], self.vocab_size)) if guided else None
+        return sample(logits, rows, masks)
+
+    def _outputs(self, batch: ScheduledBatch, samplers: list[Sequence], tokens: list[int],
+                 logprobs: list[TokenLogprobs | None], now: float) -> list[RequestOutput]:
+        for seq, _ in batch.items:
+            state = self.requests[seq.request_id]
+            if state.scheduled_time is None:
+                state.scheduled_time = now
+            state.cached_tokens = max(state.cached_tokens, seq.num_cached_tokens)
+        new_tokens = {seq.seq_id: [token] for seq, token in zip(samplers, tokens)}
+        new_logprobs = {seq.seq_id: [(token, lp)] for seq, token, lp in zip(samplers, tokens, logprobs)
+                        if lp is not None}
+        touched = dict.fromkeys(s.request_id for s in samplers)
+        return [self._collect(self.requests[rid], new_tokens, new_logprobs, now) for rid in touched]
 
     def _collect(self, state: _Request, new_tokens: dict[int, list[int]],
                  new_logprobs: dict[int, list[tuple[int, TokenLogprobs]]], now: float) -> RequestOutput:
@@ -225,25 +218,30 @@ class LLMEngine:
         if state.first_token_time is None and completion:
             state.first_token_time = now
             if self.metrics is not None:
-                self.metrics.record_first_token(len(req.prompt_ids), now - req.arrival_time)
+                self.metrics.record_first_token(len(req.prompt_ids), state.cached_tokens, now - req.arrival_time)
         finished = state.finished
         if finished:
             del self.requests[req.request_id]
             self.guided_requests.discard(req.request_id)
             if self.metrics is not None:
-                self.metrics.record_finished(
-                    state.seqs[0].finish_reason or "abort", arrival=req.arrival_time, scheduled=state.scheduled_time,
-                    first_token=state.first_token_time, finished=now, prompt_tokens=len(req.prompt_ids),
-                    generation_tokens=completion)
+                self.metrics.record_finished(FinishedStats(
+                    state.seqs[0].finish_reason or "abort", req.arrival_time, state.scheduled_time,
+                    state.first_token_time, now, len(req.prompt_ids), completion,
+                    max(s.num_output_tokens for s in state.seqs), req.params.n, req.params.max_tokens))
         return RequestOutput(req.request_id, choices, len(req.prompt_ids), completion, state.cached_tokens, finished)
 
-    def _record_step(self) -> None:
+    def _record_step(self, scheduled_tokens: int = 0, samplers: list[Sequence] = ()) -> None:
         if self.metrics is None:
             return
         s = self.scheduler
         current = (s.num_preemptions, s.prefix_queries, s.prefix_hits)
-        delta = [c - r for c, r in zip(current, self._reported)]
+        preemptions, queries, hits = (c - r for c, r in zip(current, self._reported))
         self._reported = current
-        waiting = len({seq.request_id for seq in s.waiting})
-        running = len({seq.request_id for seq in s.running})
-        self.metrics.record_step(running, waiting, self.block_manager.usage, *delta)
+        now = time.monotonic()
+        intervals = tuple(now - seq.last_token_time for seq in samplers if seq.last_token_time is not None)
+        for seq in samplers:
+            seq.last_token_time = now
+        self.metrics.record_step(StepStats(
+            running=len({seq.request_id for seq in s.running}), waiting=len({seq.request_id for seq in s.waiting}),
+            kv_usage=self.block_manager.usage, preemptions=preemptions, prefix_queries=queries, prefix_hits=hits,
+            scheduled_tokens=scheduled_tokens, generated_tokens=len(samplers), inter_token_latencies=intervals))

@@ -5,6 +5,10 @@ token, an unfinished prefill continues with the next chunk — then waiting sequ
 token budget, the sequence limit and free KV blocks allow. Prefill chunks and decodes share one step. When
 a running sequence needs a block and none is free, the most recently admitted sequence is preempted: its
 blocks are freed and it returns to the head of the queue, to be recomputed (its prefix is often still cached).
+
+The scheduler owns the sequences' lifecycle: after the model has run a batch, ``postprocess`` (nano-vllm's
+``postprocess``, vLLM's ``update_from_output``) commits the computed tokens, appends the sampled ones and finishes
+the sequences that reached a stop condition.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: float = float("inf"), eos_token_ids: frozenset[int] = frozenset()) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.eos_token_ids = eos_token_ids
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -80,6 +87,35 @@ class Scheduler:
             batch.items.append((seq, n))
             budget -= n
         return batch
+
+    def postprocess(self, batch: ScheduledBatch, samplers: list[Sequence], tokens: list[int]) -> None:
+        """The one update after a step: ``batch`` ran, ``samplers`` (the sequences whose last token it computed)
+        sampled ``tokens``."""
+        for seq, n in batch.items:
+            seq.num_computed_tokens += n
+            self.block_manager.commit(seq)
+        for seq, token in zip(samplers, tokens):
+            seq.token_ids.append(token)
+            reason = self._stop_reason(seq, token)
+            if reason is not None:
+                self.finish(seq, reason)
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if seq.guide is not None:
+            seq.guide.advance(token)
+        if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
+            reason = "stop"  # the stop token itself is not part of the text
+        elif seq.text.append(token):
+            return "stop"  # the text was cut before the stop string: nothing left to flush
+        elif seq.guide is not None and seq.guide.done:
+            reason = "stop"  # the grammar is complete: nothing else may follow
+        elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        else:
+            return None
+        seq.text.flush()
+        return reason
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

@@ -31,8 +31,6 @@ class Sequence:
     params: SamplingParams
     text: TextAssembler
     generator: torch.Generator | None = None
-    arrival_time: float = 0.0
-    deadline: float | None = None
     guide: Guide | None = None  # structured output
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
@@ -40,10 +38,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)
     finish_reason: str | None = None
-    # Timestamps for the metrics (monotonic seconds).
-    first_scheduled_time: float | None = None
-    first_token_time: float | None = None
-    last_token_time: float | None = None
+    last_token_time: float | None = None  # monotonic, for the inter-token latency
 
     @property
     def num_tokens(self) -> int:

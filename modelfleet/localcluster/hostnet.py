@@ -43,6 +43,9 @@ def firewall_rules(api_port: int) -> dict[str, list[tuple[str, ...]]]:
         "MODELFLEET-OUTPUT": [
             ("-o", "lo", "-j", "RETURN"),
             ("-o", BRIDGE, "-j", "RETURN"),
+            # A Service's ClusterIP, DNATed to a pod by kube-proxy: rerouted through the bridge, although `-o`
+            # still names the interface of the route to the ClusterIP (the hook's out device is not updated).
+            ("-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN"),
             ("-d", POD_CIDR, "-j", "DROP"),          # cluster addresses never leave through another interface
             ("-d", SERVICE_CIDR, "-j", "DROP"),
         ],

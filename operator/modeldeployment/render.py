@@ -6,6 +6,9 @@ The operator server-side-applies exactly these objects, so what a test reads bac
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,9 @@ DEFAULT_FETCH_IMAGE = "amazon/aws-cli:2.22.35"
 
 MODEL_URI_ANNOTATION = "modelfleet.dev/model-uri"
 MODEL_DIGEST_ANNOTATION = "modelfleet.dev/model-digest"
+TEMPLATE_HASH_ANNOTATION = "modelfleet.dev/template-hash"  # on a Deployment: the version its pod template is
+TRACK_LABEL = "modelfleet.dev/track"
+CANARY_SUFFIX = "-canary"
 
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 KEDA_CRD = "scaledobjects.keda.sh"
@@ -112,10 +118,11 @@ def render_deployment(spec: DeploymentSpec, ctx: RenderContext) -> dict[str, Any
         pod_spec["affinity"] = spec.affinity
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    template = {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(ctx),
+        "metadata": {**_metadata(ctx), "annotations": {TEMPLATE_HASH_ANNOTATION: template_hash(template)}},
         "spec": {
             "replicas": spec.desired_replicas,
             "selector": {"matchLabels": pod_labels},
@@ -126,9 +133,34 @@ def render_deployment(spec: DeploymentSpec, ctx: RenderContext) -> dict[str, Any
             # Only report a stuck rollout after the slowest allowed model load (plus some slack).
             "progressDeadlineSeconds": spec.startup_timeout_seconds + 600,
             "revisionHistoryLimit": 5,
-            "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
+            "template": template,
         },
     }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """A short digest of a rendered pod template: the version a Deployment runs, compared across reconciles."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def deployment_revision(deployment: dict[str, Any] | None) -> str | None:
+    """The template hash a live Deployment was rendered with ("unknown" for one rendered before the annotation
+    existed; None for no Deployment)."""
+    if deployment is None:
+        return None
+    return ((deployment.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION, "unknown")
+
+
+def render_canary(deployment: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The canary Deployment `<name>-canary`: the rendered (new) Deployment with `replicas` pods that also carry
+    `modelfleet.dev/track: canary`, so the Service (which selects the common labels) sends them their share."""
+    canary = copy.deepcopy(deployment)
+    canary["metadata"]["name"] += CANARY_SUFFIX
+    canary["metadata"]["labels"][TRACK_LABEL] = "canary"
+    canary["spec"]["replicas"] = replicas
+    canary["spec"]["selector"]["matchLabels"][TRACK_LABEL] = "canary"
+    canary["spec"]["template"]["metadata"]["labels"][TRACK_LABEL] = "canary"
+    return canary
 
 
 def render_service(ctx: RenderContext) -> dict[str, Any]:

@@ -82,11 +82,38 @@ class RuntimeOptions:
     drain_timeout_seconds: int = 30
 
 
+CANARY_METRICS = ("TimeToFirstTokenP95", "RequestLatencyP95", "ErrorRate")
+WHEN_NO_ROOM = ("Wait", "Replace")
+# Test-only fault switches of the runtime (docs/runtime.md): the one exception to the reserved MODELFLEET_ prefix.
+FAULT_ENV = ("MODELFLEET_FAULT_LATENCY_MS", "MODELFLEET_FAULT_ERROR_RATE")
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    weight: int  # percent of the pods behind the Service that run the new version
+    pause_seconds: int  # how long the step runs before its analysis; also the analysis' window
+
+
+@dataclass(frozen=True)
+class CanaryMetric:
+    name: str
+    max: float | None = None  # absolute bound on the canary's value
+    max_ratio_to_stable: float | None = None  # bound on canary / stable
+
+
+@dataclass(frozen=True)
+class Canary:
+    steps: tuple[CanaryStep, ...]
+    metrics: tuple[CanaryMetric, ...]
+    prometheus_address: str | None = None
+
+
 @dataclass(frozen=True)
 class Rollout:
     max_surge: int | str = 1
     max_unavailable: int | str = 0
-    gpu_aware: bool = True
+    when_no_room: str = "Wait"
+    canary: Canary | None = None
 
     @property
     def surges(self) -> bool:
@@ -165,7 +192,7 @@ def parse_spec(spec: dict[str, Any]) -> DeploymentSpec:
     rollout = spec.get("rollout") or {}
     api_key = spec.get("apiKeySecretRef")
     for i, var in enumerate(spec.get("env") or []):
-        if str(var.get("name", "")).startswith(RESERVED_ENV_PREFIX):
+        if str(var.get("name", "")).startswith(RESERVED_ENV_PREFIX) and var.get("name") not in FAULT_ENV:
             raise SpecError(f"spec.env[{i}].name: {var.get('name')!r} is reserved for the operator")
     return DeploymentSpec(
         model=model,
@@ -183,11 +210,46 @@ def parse_spec(spec: dict[str, Any]) -> DeploymentSpec:
         env=list(spec.get("env") or []),
         runtime=_runtime(spec.get("runtime") or {}),
         api_key=SecretKey(api_key["name"], api_key.get("key", "api-key")) if api_key else None,
-        rollout=Rollout(rollout.get("maxSurge", 1), rollout.get("maxUnavailable", 0),
-                        bool(rollout.get("gpuAware", True))),
+        rollout=_rollout(rollout),
         startup_timeout_seconds=int((spec.get("probes") or {}).get("startupTimeoutSeconds", 1800)),
         shm_size=spec.get("shmSize", "1Gi"),
     )
+
+
+def _rollout(rollout: dict[str, Any]) -> Rollout:
+    when = rollout.get("whenNoRoom", "Wait")
+    if when not in WHEN_NO_ROOM:
+        raise SpecError(f"spec.rollout.whenNoRoom: {when!r} is not one of {', '.join(WHEN_NO_ROOM)}")
+    canary = rollout.get("canary")
+    return Rollout(rollout.get("maxSurge", 1), rollout.get("maxUnavailable", 0), when,
+                   _canary(canary) if canary else None)
+
+
+def _canary(canary: dict[str, Any]) -> Canary:
+    steps = tuple(CanaryStep(int(s["weight"]), int(s.get("pauseSeconds", 60))) for s in canary.get("steps") or [])
+    if not steps:
+        raise SpecError("spec.rollout.canary.steps: at least one step is required")
+    for i, step in enumerate(steps):
+        if not 1 <= step.weight <= 99:
+            raise SpecError(f"spec.rollout.canary.steps[{i}].weight: must be from 1 to 99 (percent), got {step.weight}")
+        if step.pause_seconds < 10:
+            raise SpecError(f"spec.rollout.canary.steps[{i}].pauseSeconds: must be at least 10, got {step.pause_seconds}")
+    analysis = canary.get("analysis") or {}
+    metrics = []
+    for i, metric in enumerate(analysis.get("metrics") or []):
+        name = metric.get("name")
+        if name not in CANARY_METRICS:
+            raise SpecError(f"spec.rollout.canary.analysis.metrics[{i}].name: {name!r} is not one of "
+                            f"{', '.join(CANARY_METRICS)}")
+        bound = metric.get("max")
+        ratio = metric.get("maxRatioToStable")
+        if bound is None and ratio is None:
+            raise SpecError(f"spec.rollout.canary.analysis.metrics[{i}]: give max, maxRatioToStable or both")
+        metrics.append(CanaryMetric(name, None if bound is None else float(bound),
+                                    None if ratio is None else float(ratio)))
+    if not metrics:
+        raise SpecError("spec.rollout.canary.analysis.metrics: at least one metric is required")
+    return Canary(steps, tuple(metrics), analysis.get("prometheusAddress"))
 
 
 def _model(model: dict[str, Any]) -> ModelSpec:

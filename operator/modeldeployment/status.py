@@ -9,8 +9,10 @@ from typing import Any
 
 from modelfleet_operator import labels
 from modelfleet_operator.conditions import get_condition, set_condition
+from modelfleet_operator.events import Event
+from modelfleet_operator.modeldeployment import canary as mdcanary
 from modelfleet_operator.modeldeployment.autoscaling import autoscaling_events, autoscaling_status
-from modelfleet_operator.modeldeployment.capacity import Strategy
+from modelfleet_operator.modeldeployment.capacity import WAIT, Strategy
 from modelfleet_operator.modeldeployment.render import CONTAINER, FETCH_CONTAINER, url
 from modelfleet_operator.modeldeployment.resolve import Resolution, ResolvedModel
 from modelfleet_operator.modeldeployment.spec import Autoscaling
@@ -67,13 +69,7 @@ class Observation:
     failures: list[Failure] = field(default_factory=list)
     autoscaling: Autoscaling | None = None
     autoscaler: dict[str, Any] | None = None  # its HorizontalPodAutoscaler (KEDA's, with KEDA) as read
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
+    canary: mdcanary.Decision | None = None
 
 
 def pod_failures(pods: list[dict[str, Any]]) -> list[Failure]:
@@ -158,6 +154,9 @@ def compute_status(obs: Observation, old: dict[str, Any] | None, now: str | None
         status["rollout"] = obs.strategy.to_status()
     if obs.autoscaling and not obs.spec_error:
         status["autoscaling"] = autoscaling_status(obs.autoscaling, obs.autoscaler, old.get("autoscaling"))
+    if obs.canary and obs.canary.status:
+        status["canary"] = obs.canary.status
+    canary_state = obs.canary.state if obs.canary else None
 
     conditions = old.get("conditions")
 
@@ -173,6 +172,11 @@ def compute_status(obs: Observation, old: dict[str, Any] | None, now: str | None
 
     assert obs.resolution is not None
     blocked = _blocked(obs, failures, complete)  # (reason, message) of whatever keeps the rollout from finishing
+    waiting = _waiting_for_room(obs, failures, complete, counts["availableReplicas"]) if blocked else None
+    if waiting:
+        blocked = None
+    if canary_state == mdcanary.ROLLED_BACK:
+        blocked = ("CanaryRolledBack", obs.canary.status["message"])
     resolution_message = obs.resolution.message
     if not obs.resolution.resolved and obs.serving:
         resolution_message += f"; still serving {obs.serving.uri}"
@@ -182,6 +186,10 @@ def compute_status(obs: Observation, old: dict[str, Any] | None, now: str | None
                 f"{counts['availableReplicas']} available")
     if blocked:
         put("Progressing", False, *blocked)
+    elif waiting:
+        put("Progressing", True, "WaitingForRoom", waiting)
+    elif canary_state == mdcanary.CANARY:
+        put("Progressing", True, "CanaryProgressing", obs.canary.status["message"])
     elif complete:
         done = f"all {desired} replicas run the current spec"
         if obs.strategy and obs.strategy.without_surge:
@@ -201,7 +209,9 @@ def compute_status(obs: Observation, old: dict[str, Any] | None, now: str | None
         put("Available", False, blocked[0] if blocked else "NoReplicasAvailable",
             blocked[1] if blocked else "no replica is available yet")
 
-    if all_ready and desired > 0:
+    if canary_state == mdcanary.CANARY and desired > 0:
+        put("Ready", False, "CanaryProgressing", obs.canary.status["message"])
+    elif all_ready and desired > 0 and not blocked:
         put("Ready", True, "AllReplicasReady", f"{desired}/{desired} replicas ready")
     elif desired == 0 and obs.serving:
         put("Ready", False, "ScaledToZero", "spec.replicas is 0")
@@ -213,12 +223,23 @@ def compute_status(obs: Observation, old: dict[str, Any] | None, now: str | None
         phase = "Pending"
     elif blocked:
         phase = "Degraded"
-    elif all_ready:
+    elif all_ready and canary_state is None:
         phase = "Ready" if desired > 0 else "ScaledToZero"
     else:
         phase = "Progressing"
     status.update(phase=phase, conditions=conditions)
     return status
+
+
+def _waiting_for_room(obs: Observation, failures: list[Failure], complete: bool, available: int) -> str | None:
+    """With whenNoRoom Wait, a rollout whose new pods only lack room while the old ones serve is waiting, not
+    failing: the message for Progressing, else None."""
+    if complete or not obs.strategy or obs.strategy.when_no_room != WAIT or obs.strategy.without_surge:
+        return None
+    if not failures or any(f.reason != "Unschedulable" for f in failures) or available < obs.desired_replicas:
+        return None
+    return (f"{failures[0].summary}; spec.rollout.whenNoRoom is Wait: the {available} old replica(s) keep serving "
+            "and the rollout continues when room appears")
 
 
 def _blocked(obs: Observation, failures: list[Failure], complete: bool) -> tuple[str, str] | None:
@@ -261,7 +282,7 @@ def events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Event]:
         result.append(Event("Normal", "ModelChanged",
                             f"rolling out {_model_text(new_model)} (was {_model_text(old_model)})"))
     progressing = changed("Progressing")
-    if progressing and progressing["status"] == "True":
+    if progressing and progressing["status"] == "True" and progressing["reason"] != "CanaryProgressing":
         reason = "RolloutStarted" if progressing["reason"] == "RollingUpdate" else progressing["reason"]
         result.append(Event("Normal", reason, progressing["message"]))
     elif progressing and progressing["reason"] in ("ReplicaFailure", "ProgressDeadlineExceeded"):
@@ -271,6 +292,7 @@ def events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Event]:
     elif "desiredReplicas" in old and old["desiredReplicas"] != new.get("desiredReplicas"):
         result.append(Event("Normal", "Scaled",
                             f"scaled from {old['desiredReplicas']} to {new['desiredReplicas']} replicas"))
+    result += [Event(e.type, e.reason, e.message) for e in mdcanary.events(old.get("canary"), new.get("canary"))]
     seen = {_failure_key(f) for f in old.get("failures") or []}
     for failure in new.get("failures") or []:
         if _failure_key(failure) not in seen:

@@ -7,15 +7,16 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kubernetes.client.exceptions import ApiException
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from modelfleet_operator.conditions import get_condition
+from modelfleet_operator.kube import CONFLICT, Kube, error_message
 from modelfleet_operator.trainingjob import kueue, render
-from modelfleet_operator.trainingjob.kube import Kube, api_error_message
 from modelfleet_operator.trainingjob.spec import SpecError, parse_spec
 from modelfleet_operator.trainingjob.status import FINISHED, SUCCEEDED, iso
 
 Obj = dict[str, Any]
+WORKLOAD = "Workload"
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ async def observe(kube: Kube, job: Mapping[str, Any], image: str, pull_policy: s
     if queue is None:
         return None
     meta = job["metadata"]
-    stored = await kube.get_workload(meta["namespace"], kueue.workload_name(job))
+    stored = await kube.get(WORKLOAD, meta["namespace"], kueue.workload_name(job))
     if stored is None and (job.get("status") or {}).get("phase") not in FINISHED:
         try:
             spec = parse_spec(meta["name"], meta["namespace"], job.get("spec") or {})
@@ -40,15 +41,26 @@ async def observe(kube: Kube, job: Mapping[str, Any], image: str, pull_policy: s
             return Queued(None, kueue.observe(None, queue))
         pod = render.pod(spec, job, 0, 0, image, pull_policy)
         try:
-            stored = await kube.create_workload(kueue.workload(job, queue, spec.nodes, pod))
+            stored = await _create_workload(kube, kueue.workload(job, queue, spec.nodes, pod))
         except ApiException as error:  # 404: Kueue's CRDs are not installed; 403: the operator may not
             return Queued(None, kueue.Admission(False, kueue.WAITING,
-                                                f"cannot create its Kueue Workload: {api_error_message(error)}"))
+                                                f"cannot create its Kueue Workload: {error_message(error)}"))
     return Queued(stored, kueue.observe(stored, queue))
 
 
+async def _create_workload(kube: Kube, workload: Mapping[str, Any]) -> Obj | None:
+    """Create it; when it exists already (an earlier pass made it), return what is stored."""
+    try:
+        return await kube.create(workload)
+    except ApiException as error:
+        if error.status != CONFLICT:
+            raise
+    meta = workload["metadata"]
+    return await kube.get(WORKLOAD, meta["namespace"], meta["name"])
+
+
 async def pod_update(kube: Kube, queued: Queued) -> kueue.PodUpdate:
-    flavors = await asyncio.gather(*(kube.get_resource_flavor(name) for name in queued.admission.flavors))
+    flavors = await asyncio.gather(*(kube.get("ResourceFlavor", None, name) for name in queued.admission.flavors))
     return kueue.pod_update(queued.admission, [f for f in flavors if f is not None])
 
 
@@ -66,4 +78,7 @@ async def settle(kube: Kube, job: Mapping[str, Any], pods: list[Obj], queued: Qu
     else:
         return
     if patch:
-        await kube.patch_workload_status(workload, patch)
+        # A conditions list replaces Kueue's, so only if the Workload is unchanged since read (else Conflict:
+        # the reconcile reads everything again).
+        meta = workload["metadata"]
+        await kube.patch_status(WORKLOAD, meta["namespace"], meta["name"], patch, meta["resourceVersion"])

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from model_runtime.training import exitcodes
 from modelfleet_operator import labels, policy
 from modelfleet_operator.conditions import set_condition
+from modelfleet_operator.events import Event
 from modelfleet_operator.trainingjob.kueue import Admission
 from modelfleet_operator.trainingjob.progress import final_digest
 from modelfleet_operator.trainingjob.render import ATTEMPT_ANNOTATION, CONTAINER, Names
@@ -60,13 +61,6 @@ class PodState:
     @property
     def active(self) -> bool:
         return self.phase in ACTIVE_POD_PHASES
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
 
 
 @dataclass

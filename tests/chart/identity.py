@@ -33,4 +33,7 @@ def operator_as(cluster: LocalCluster, namespace: str, account: str, directory: 
     kubeconfig = service_account_kubeconfig(cluster, namespace, account, directory / "kubeconfig")
     # OperatorProcess only reads `.env` of the cluster it is given.
     as_account = SimpleNamespace(env={**cluster.env, "KUBECONFIG": str(kubeconfig)})
-    return OperatorProcess(as_account, directory / "operator.log", env, args)  # type: ignore[arg-type]
+    # It bids for the release's own Lease, the only one the chart lets it use (beside the release's operator pods,
+    # whichever of them leads reconciles, with only the chart's permissions).
+    lease = {"MODELFLEET_LEADER_ELECTION_NAMESPACE": namespace, "MODELFLEET_LEADER_ELECTION_LEASE": account}
+    return OperatorProcess(as_account, directory / "operator.log", {**lease, **(env or {})}, args)  # type: ignore[arg-type]

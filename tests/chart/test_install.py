@@ -114,13 +114,19 @@ def test_install_upgrade_and_uninstall(cluster: LocalCluster, namespace: str, cl
     release = Release(cluster_helm, cluster, namespace)
     release.install()
     deployment = get(cluster, "deployment", release.service_account, "-n", namespace)
-    assert deployment["status"]["availableReplicas"] == 1
+    assert deployment["status"]["availableReplicas"] == 2
     for crd in ("trainingjobs.modelfleet.dev", "modeldeployments.modelfleet.dev"):
         established = get(cluster, "crd", crd)["status"]["conditions"]
         assert any(c["type"] == "Established" and c["status"] == "True" for c in established)
-    [pod] = get(cluster, "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release.name}")["items"]
-    assert pod["spec"]["serviceAccountName"] == release.service_account
-    assert pod["status"]["phase"] == "Running"
+    pods = get(cluster, "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release.name}")["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["spec"]["serviceAccountName"] == release.service_account
+        assert pod["status"]["phase"] == "Running"
+    # One of the two leads: it holds the release's Lease (the other stands by).
+    lease = wait_for(lambda: exists(cluster, "lease", release.service_account, "-n", namespace)
+                     and get(cluster, "lease", release.service_account, "-n", namespace), timeout=30, what="the Lease")
+    assert lease["spec"]["holderIdentity"] in {p["metadata"]["name"] for p in pods}
 
     release.install("--set", "operator.verbose=true")
     wait_for(lambda: [p for p in get(cluster, "pods", "-n", namespace, "-l",

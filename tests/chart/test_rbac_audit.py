@@ -22,11 +22,11 @@ import yaml
 from modelfleet.localcluster import LocalCluster
 from modelfleet.localcluster.audit import Request, requests_of
 from modelfleet.localcluster.binaries import ensure_binaries
-from modelfleet_operator.modeldeployment.kube import Kube
 from tests.chart.helm import Helm, one
 from tests.chart.identity import operator_as
 from tests.chart.rbac import Permission, grants
 from tests.helpers import wait_for
+from tests.kubeclient import SyncKube as Kube
 from tests.operator.conftest import crds  # noqa: F401  (fixture)
 from tests.operator.modeldeployment.test_mdep_controller import FIXTURE_CRDS, manifest, patch_spec, wait_ready
 from tests.operator.trainingjob.conftest import Jobs, job_manifest, store_namespace
@@ -301,7 +301,7 @@ def audit(request: pytest.FixtureRequest, cluster: LocalCluster, crds: list[str]
         cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
         env, args = operator_settings(rendered, home)
         operator = operator_as(cluster, home, account, tmp_path_factory.mktemp("audited-operator"), env, args)
-        scene = Scene(cluster, jobs, Kube(cluster.api_client()))
+        scene = Scene(cluster, jobs, Kube(cluster.kubeconfig))
         try:
             operator.start()
             try:

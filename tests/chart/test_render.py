@@ -35,7 +35,8 @@ def test_default_render_has_exactly_the_operator_objects(helm: Helm) -> None:
     objects = helm.template()
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["CustomResourceDefinition"] * 2 + ["ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                                                "Service", "Deployment"] + ["ConfigMap"] * 3)
+                                                                "Service", "Deployment"] + ["ConfigMap"] * 3
+                           + ["Role", "RoleBinding", "PodDisruptionBudget"])  # leader election, 2 replicas
     assert {o["metadata"]["name"] for o in find(objects, "CustomResourceDefinition")} == {
         "trainingjobs.modelfleet.dev", "modeldeployments.modelfleet.dev"}
     for obj in objects:
@@ -45,8 +46,9 @@ def test_default_render_has_exactly_the_operator_objects(helm: Helm) -> None:
 
 def test_operator_deployment(helm: Helm) -> None:
     deployment = one(helm.template(), "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two kopf instances at once
+    assert deployment["spec"]["replicas"] == 2  # one leader, one standby
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["image"] == OPERATOR_IMAGE
@@ -55,7 +57,13 @@ def test_operator_deployment(helm: Helm) -> None:
         "MODELFLEET_TRAINER_IMAGE": WORKLOAD_IMAGE, "MODELFLEET_RUNTIME_IMAGE": WORKLOAD_IMAGE,
         "MODELFLEET_IMAGE_PULL_POLICY": "IfNotPresent", "MODELFLEET_METRICS_PORT": "8080", "MODELFLEET_HEALTH_PORT": "8081",
         "MODELFLEET_METRICS_ADDRESS": "0.0.0.0", "MODELFLEET_HEALTH_ADDRESS": "0.0.0.0",
-        "MODELFLEET_ALLOW_HOST_PATHS": "false", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+        "MODELFLEET_ALLOW_HOST_PATHS": "false", "MODELFLEET_LEADER_ELECTION": "true",
+        "MODELFLEET_LEADER_ELECTION_LEASE": "mf-modelfleet", "MODELFLEET_LEADER_ELECTION_NAMESPACE": None,
+        "MODELFLEET_LEADER_ELECTION_IDENTITY": None, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    from_pod = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+                for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"] if "valueFrom" in e}
+    assert from_pod == {"MODELFLEET_LEADER_ELECTION_NAMESPACE": "metadata.namespace",
+                        "MODELFLEET_LEADER_ELECTION_IDENTITY": "metadata.name"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http-metrics": 8080, "health": 8081}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -118,12 +126,12 @@ def test_watch_namespaces_uses_roles_per_namespace(helm: Helm) -> None:
     objects = helm.template({"watchNamespaces": ["team-a", "team-b"]})
     container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["operator", "--namespace=team-a", "--namespace=team-b"]
-    roles = find(objects, "Role")
+    roles = [r for r in find(objects, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         for verb, resource, group in NEEDED_IN_NAMESPACE:
             assert allows(role["rules"], verb, resource, group), (verb, resource, group)
-    bindings = find(objects, "RoleBinding")
+    bindings = [b for b in find(objects, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["roleRef"]["kind"] == "Role" for b in bindings)
     cluster_rules = one(objects, "ClusterRole")["rules"]
@@ -133,6 +141,33 @@ def test_watch_namespaces_uses_roles_per_namespace(helm: Helm) -> None:
     for verb, resource, group in [("create", "pods", ""), ("get", "configmaps", ""),
                                   ("create", "roles", "rbac.authorization.k8s.io")]:
         assert not allows(cluster_rules, verb, resource, group), (verb, resource, group)
+
+
+def test_leader_election_role_grants_only_the_lease_calls(helm: Helm) -> None:
+    objects = helm.template()
+    [role] = [r for r in find(objects, "Role") if r["metadata"]["name"] == "mf-modelfleet-leader-election"]
+    assert role["metadata"]["namespace"] == "modelfleet-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["mf-modelfleet"],
+         "verbs": ["get", "update"]}]
+    [binding] = [b for b in find(objects, "RoleBinding") if b["metadata"]["name"] == "mf-modelfleet-leader-election"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "mf-modelfleet-leader-election"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mf-modelfleet", "namespace": "modelfleet-system"}]
+    assert one(objects, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1, "selector": one(objects, "Deployment")["spec"]["selector"]}
+
+
+def test_without_leader_election_one_replica_recreates(helm: Helm) -> None:
+    objects = helm.template({"leaderElection": {"enabled": False}, "replicaCount": 1})
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert env_of(deployment)["MODELFLEET_LEADER_ELECTION"] == "false"
+    assert not find(objects, "Role") and not find(objects, "PodDisruptionBudget")
+    result = helm.run("template", "mf", str(CHART), *values_args(helm.home, {"leaderElection": {"enabled": False}}),
+                      check=False)
+    assert result.returncode != 0 and "replicaCount > 1 needs leaderElection.enabled" in result.stderr
 
 
 def test_rbac_and_service_account_can_be_left_to_the_user(helm: Helm) -> None:
@@ -195,7 +230,7 @@ def test_dashboards_ship_as_labelled_configmaps(helm: Helm) -> None:
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"replicaCount": 2}, "at '': additional properties 'replicaCount' not allowed"),
+    ({"replicaCount": 0}, "at '/replicaCount': minimum: got 0, want 1"),
     ({"watchNamespaces": "team-a"}, "at '/watchNamespaces': got string, want array"),
     ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
     ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of"),

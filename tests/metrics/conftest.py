@@ -62,7 +62,7 @@ def runtime(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             return False
 
     try:
-        wait_for(ready, timeout=120, what=f"modelfleet serve /ready (log: {process.log_path})")
+        wait_for(ready, timeout=300, what=f"modelfleet serve /ready (log: {process.log_path})")
         yield exporter
     finally:
         process.stop()

@@ -12,6 +12,7 @@ from typing import Iterator
 from prometheus_client.parser import text_string_to_metric_families
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "charts" / "modelfleet" / "dashboards"
+VLLM_DASHBOARDS = Path(__file__).resolve().parent / "vllm_dashboards"  # vLLM's own, see each file's "source"
 
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right",
             "inf", "nan"}
@@ -40,19 +41,20 @@ def metric_names(expr: str) -> set[str]:
     return {name for name in _IDENTIFIER.findall(text) if name not in KEYWORDS}
 
 
-def substitute(expr: str, rate_interval: str = "1m") -> str:
-    """Grafana variables -> values PromQL accepts: intervals become durations, selections match everything."""
-    intervals = {"__rate_interval": rate_interval, "__interval": rate_interval, "__range": "1h"}
+def substitute(expr: str, rate_interval: str = "1m", values: dict[str, str] | None = None) -> str:
+    """Grafana variables -> values PromQL accepts: intervals become durations, ``values`` what they say, other
+    selections match everything."""
+    known = {"__rate_interval": rate_interval, "__interval": rate_interval, "__range": "1h", **(values or {})}
 
     def value(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
-        return intervals.get(name, ".*")
+        return known.get(name, ".*")
 
     return _VARIABLE.sub(value, expr)
 
 
-def dashboards() -> dict[str, dict]:
-    return {path.stem: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
+def dashboards(directory: Path = DASHBOARDS) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))}
 
 
 def panel_queries(name: str, board: dict) -> Iterator[Query]:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -35,7 +36,12 @@ class OperatorProcess:
                  args: list[str] | None = None) -> None:
         self.cluster = cluster
         self.log_path = log_path
-        self.extra_env = dict(env or {})
+        # Its own Lease (so operators of different test modules do not stand by for each other) and a stable
+        # identity (so a restarted process takes its Lease back at once, like a restarted container of one pod).
+        tag = uuid.uuid4().hex[:8]
+        self.extra_env = {"MODELFLEET_LEADER_ELECTION_LEASE": f"test-operator-{tag}",
+                          "MODELFLEET_LEADER_ELECTION_NAMESPACE": "default",
+                          "MODELFLEET_LEADER_ELECTION_IDENTITY": f"test-operator-{tag}", **(env or {})}
         self.args = list(args or [])  # of `modelfleet operator`
         self.metrics_port = free_port()
         self.health_port = free_port()

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.main import liveness_endpoint, parse_args, with_flags
+from modelfleet_operator.main import parse_args, with_flags
 
 
 def test_addresses_default_to_every_interface_and_come_from_the_environment() -> None:
@@ -32,11 +32,6 @@ def test_flags_win_over_the_environment() -> None:
     assert (config.metrics_address, config.health_address, config.health_port) == ("::1", "127.0.0.2", 9000)
     assert with_flags(env, parse_args(["--health-port", "9001"])).health_port == 9001
     assert with_flags(env, parse_args([])) == env
-
-
-def test_liveness_endpoint_brackets_ipv6() -> None:
-    assert liveness_endpoint(OperatorConfig(health_address="127.0.0.1", health_port=81)) == "http://127.0.0.1:81/healthz"
-    assert liveness_endpoint(OperatorConfig(health_address="::", health_port=81)) == "http://[::]:81/healthz"
 
 
 def refused(host: str, port: int) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import httpx
 import pytest
 
 from modelfleet.localcluster import LocalCluster
@@ -77,6 +78,16 @@ def test_cluster_dns_services_and_the_api_server_from_a_pod(cluster: LocalCluste
     assert result["page"].strip() == "web-0"  # /etc/hostname of the server pod, through the ClusterIP Service
     assert result["api"]["gitVersion"].startswith("v1.")
     assert result["outside"] == "unresolved"  # cluster DNS has no upstream: pods never use the machine's resolver
+    # The host reaches the Service's ClusterIP too (kube-proxy's DNAT, then the bridge), as a client on the node would.
+    page = wait_for(lambda: _host_get(f"http://{service_ip}/hostname"), timeout=30, what="the ClusterIP from the host")
+    assert page.strip() == "web-0"
+
+
+def _host_get(url: str) -> str | None:
+    try:
+        return httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return None
 
 
 def test_pods_share_a_local_volume_across_uids(cluster: LocalCluster, namespace: str) -> None:

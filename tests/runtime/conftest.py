@@ -110,7 +110,7 @@ def running_server(model_dir: Path, **overrides) -> Iterator[RunningServer]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: server.started or not thread.is_alive(), 60, message="server start")
+        wait_until(lambda: server.started or not thread.is_alive(), 180, message="server start")  # loaded machines
         assert server.started, "the server failed to start"
         yield RunningServer(f"http://127.0.0.1:{port}", app, server)
     finally:

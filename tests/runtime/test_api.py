@@ -8,6 +8,7 @@ import json
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MODEL_NAME, client, greedy_text, running_server, wait_until
 
@@ -160,18 +161,36 @@ def test_disconnect_aborts_and_frees_blocks(server) -> None:
 
 
 def test_metrics_use_vllm_names(server) -> None:
+    httpx.post(f"{server.url}/v1/completions", json={"prompt": "names", "max_tokens": 3}).raise_for_status()
     text = httpx.get(f"{server.url}/metrics").text
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:gpu_cache_usage_perc",
                  "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_preemptions_total",
-                 "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+                 "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:prompt_tokens_cached_total",
                  "vllm:time_per_output_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
                  "vllm:request_queue_time_seconds_bucket", "vllm:request_prefill_time_seconds_bucket",
-                 "vllm:request_decode_time_seconds_bucket", "vllm:request_prompt_tokens_bucket",
-                 "vllm:request_generation_tokens_bucket"):
+                 "vllm:request_decode_time_seconds_bucket", "vllm:request_inference_time_seconds_bucket",
+                 "vllm:request_prompt_tokens_bucket", "vllm:request_generation_tokens_bucket",
+                 "vllm:request_time_per_output_token_seconds_bucket", "vllm:iteration_tokens_total_bucket",
+                 "vllm:request_max_num_generation_tokens_bucket", "vllm:request_params_n_bucket",
+                 "vllm:request_params_max_tokens_bucket"):
         assert f'{name}{{' in text, name
-    assert f'vllm:time_to_first_token_seconds_bucket{{le="2560.0",model_name="{MODEL_NAME}"}}' in text
-    assert f'vllm:inter_token_latency_seconds_bucket{{le="0.075",model_name="{MODEL_NAME}"}}' in text
+    assert f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="2560.0",model_name="{MODEL_NAME}"}}' in text
+    assert f'vllm:inter_token_latency_seconds_bucket{{engine="0",le="0.075",model_name="{MODEL_NAME}"}}' in text
+    labelled = {("vllm:request_success_total", "finished_reason"): {"stop", "length", "abort", "error", "repetition",
+                                                                     "timeout"},
+                ("vllm:prompt_tokens_by_source_total", "source"): {"local_compute", "local_cache_hit",
+                                                                   "external_kv_transfer"},
+                ("vllm:num_requests_waiting_by_reason", "reason"): {"capacity", "deferred"}}
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    for (name, label), expected in labelled.items():
+        found = {s.labels[label] for s in samples if s.name == name and s.labels["engine"] == "0"
+                 and s.labels["model_name"] == MODEL_NAME}
+        assert found == expected, name
     assert server.metric("vllm:generation_tokens_total") > 0
+    # The http_* metrics of prometheus-fastapi-instrumentator, as vLLM serves them (probes left out).
+    assert server.metric("http_requests_total", 'handler="/v1/completions",method="POST",status="2xx"') >= 1
+    assert server.metric("http_request_duration_seconds_count", 'handler="/v1/completions"') >= 1
+    assert 'handler="/metrics"' not in text and 'handler="/health"' not in text
 
 
 def test_overload_gets_429_and_never_5xx(model_dir) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
+from model_runtime.serving.async_engine import AsyncEngine
 from model_runtime.serving.engine import EngineLimits, EngineRequest, InvalidRequest, LLMEngine
+from model_runtime.serving.metrics import RuntimeMetrics
 from model_runtime.serving.sampling import SamplingParams
 from model_runtime.tokenizer import byte_tokenizer
 
@@ -156,3 +160,59 @@ def test_greedy_matches_uncached_loop_on_cuda(model) -> None:
                            for i, p in enumerate(prompts)]})
     for i, prompt in enumerate(prompts):
         assert got[str(i)][0] == reference_greedy(model, prompt, 8)
+
+
+def sample_value(metrics: RuntimeMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"model_name": "m", "engine": "0", **labels})
+    assert value is not None, (name, labels)
+    return value
+
+
+def test_metrics_follow_each_request_and_step(model) -> None:
+    """Per-request TPOT, prompt tokens by source, iteration tokens and the request parameters, from real steps."""
+    metrics = RuntimeMetrics("m", 256)
+    engine = LLMEngine(model, TOKENIZER, make_engine(model).limits, eos_token_ids=[], metrics=metrics)
+    prompt = list(range(1, 17))  # four full blocks of 4
+    params = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
+    run(engine, {0: [EngineRequest("a", prompt, params)]})
+    run(engine, {0: [EngineRequest("b", prompt + [20], SamplingParams(max_tokens=3, n=2, ignore_eos=True))]})
+    computed = sample_value(metrics, "vllm:prompt_tokens_by_source_total", source="local_compute")
+    cached = sample_value(metrics, "vllm:prompt_tokens_by_source_total", source="local_cache_hit")
+    assert cached == 16 and computed == 16 + 1  # b found all of a's blocks in the prefix cache
+    assert sample_value(metrics, "vllm:prompt_tokens_cached_total") == 16
+    assert sample_value(metrics, "vllm:prompt_tokens_by_source_total", source="external_kv_transfer") == 0
+    assert sample_value(metrics, "vllm:prompt_tokens_total") == 33
+    assert sample_value(metrics, "vllm:request_time_per_output_token_seconds_count") == 2
+    assert sample_value(metrics, "vllm:request_time_per_output_token_seconds_sum") > 0
+    assert sample_value(metrics, "vllm:request_max_num_generation_tokens_sum") == 5 + 3
+    assert sample_value(metrics, "vllm:request_generation_tokens_sum") == 5 + 2 * 3
+    assert sample_value(metrics, "vllm:request_params_n_sum") == 1 + 2
+    assert sample_value(metrics, "vllm:request_params_max_tokens_sum") == 5 + 3
+    # Every token that went through the model, step by step: a's prompt and 4 decodes; b's two choices each
+    # computing the one uncached prompt token, then 2 decodes each.
+    assert sample_value(metrics, "vllm:iteration_tokens_total_sum") == (16 + 4) + (2 + 2 * 2)
+    assert sample_value(metrics, "vllm:request_success_total", finished_reason="length") == 2
+    assert sample_value(metrics, "vllm:num_requests_waiting_by_reason", reason="capacity") == 0
+
+
+def test_a_request_that_fails_inside_the_engine_counts_as_error(model) -> None:
+    """The API validates first; whatever the engine loop still rejects ends the stream with the error and is
+    counted under vLLM's finished_reason="error"."""
+    metrics = RuntimeMetrics("m", 256)
+    engine = AsyncEngine(LLMEngine(model, TOKENIZER, make_engine(model).limits, eos_token_ids=[], metrics=metrics))
+
+    async def main() -> None:
+        engine.start()
+        try:
+            with pytest.raises(InvalidRequest, match="empty"):
+                async for _ in engine.generate(EngineRequest("bad", [], SamplingParams(max_tokens=2))):
+                    pass
+            async for out in engine.generate(EngineRequest("good", [1, 2], SamplingParams(max_tokens=2))):
+                pass
+            assert out.finished
+        finally:
+            engine.shutdown()
+
+    asyncio.run(main())
+    assert sample_value(metrics, "vllm:request_success_total", finished_reason="error") == 1
+    assert sample_value(metrics, "vllm:request_success_total", finished_reason="length") == 1

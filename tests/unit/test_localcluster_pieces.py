@@ -64,6 +64,9 @@ def test_firewall_keeps_pod_traffic_on_the_bridge() -> None:
     assert ("-p", "tcp", "--dport", "6443", "-j", "DROP") in inbound
     outbound = rules["MODELFLEET-OUTPUT"]
     assert ("-d", hostnet.SERVICE_CIDR, "-j", "DROP") in outbound and ("-d", hostnet.POD_CIDR, "-j", "DROP") in outbound
+    # ClusterIP traffic kube-proxy DNATed to a pod is let through before those drops
+    assert outbound.index(("-m", "conntrack", "--ctstate", "DNAT", "-j", "RETURN")) < outbound.index(
+        ("-d", hostnet.POD_CIDR, "-j", "DROP"))
 
 
 SAVED = """*filter

@@ -176,8 +176,8 @@ them). Server-side apply of an object that does not exist yet is authorized as "
 
 {{/* Rules that only a ClusterRole can grant: cluster-scoped resources and reads across all namespaces. */}}
 {{- define "modelfleet.clusterRules" -}}
-# GPU-aware rollouts: free GPUs = node allocatable minus the requests of the pods bound to each node,
-# which means listing nodes, and pods in every namespace.
+# Room for a surge pod (whenNoRoom: Replace): node allocatable minus the requests of the pods bound to each
+# node, which means listing nodes, and pods in every namespace.
 - apiGroups: [""]
   resources: [nodes]
   verbs: [list]

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from modelfleet_operator.modeldeployment.kube import Kube
 from tests.helpers import wait_for
+from tests.kubeclient import SyncKube
 
 
 @pytest.fixture(scope="module")
-def kube(cluster: Any) -> Kube:
-    return Kube(cluster.api_client())
+def kube(cluster: Any) -> SyncKube:
+    return SyncKube(cluster.kubeconfig)
 
 
 @pytest.fixture

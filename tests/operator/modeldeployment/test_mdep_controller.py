@@ -12,7 +12,7 @@ import pytest
 
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.modeldeployment.capacity import Strategy, free_gpus
-from modelfleet_operator.modeldeployment.kube import Kube
+from tests.kubeclient import SyncKube as Kube
 from modelfleet_operator.modeldeployment.render import RenderContext, render_children
 from modelfleet_operator.modeldeployment.resolve import ResolvedModel
 from modelfleet_operator.modeldeployment.spec import parse_spec
@@ -234,9 +234,10 @@ def test_training_job_reference_waits_resolves_and_follows_new_digests(
     assert "ModelChanged" in reasons(cluster, namespace, "served")
 
 
-def test_gpu_aware_rollout_does_not_hang_when_gpus_are_full(cluster: Any, kube: Kube, operator: Any,
-                                                            namespace: str) -> None:
+def test_replace_policy_rolls_without_surge_when_gpus_are_full(cluster: Any, kube: Kube, operator: Any,
+                                                              namespace: str) -> None:
     apply(cluster, namespace, manifest("gpu", replicas=2, image="example.com/runtime:1",
+                                       rollout={"whenNoRoom": "Replace"},
                                        resources={"limits": {"nvidia.com/gpu": 4}},
                                        nodeSelector={"nvidia.com/gpu.present": "true"}))
     st = wait_ready(kube, namespace, "gpu", 2)
@@ -263,6 +264,7 @@ def test_gpu_aware_rollout_does_not_hang_when_gpus_are_full(cluster: Any, kube: 
     assert all(p["spec"]["containers"][0]["image"] == "example.com/runtime:2" for p in pods)
     assert "RollingWithoutSurge" in reasons(cluster, namespace, "gpu")
     assert "maxSurge 0" in " ".join(c["message"] for c in st["conditions"] if c["type"] == "Progressing")
+    assert "whenNoRoom is Replace" in st["rollout"]["message"]
 
 
 def test_unschedulable_and_crashing_pods_are_reported(cluster: Any, kube: Kube, operator: Any, namespace: str) -> None:

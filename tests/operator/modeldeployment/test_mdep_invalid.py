@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modelfleet_operator.modeldeployment.kube import Kube
+from tests.kubeclient import SyncKube as Kube
 from tests.helpers import wait_for
 from tests.operator.modeldeployment.test_mdep_controller import apply, condition, events, manifest, status
 

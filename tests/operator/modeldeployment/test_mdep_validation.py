@@ -118,6 +118,23 @@ INVALID = [
     ("fractional gpu", with_spec(resources={"limits": {"nvidia.com/gpu": "0.5"}}), "spec.resources.limits"),
     ("surge above 100%", with_spec(rollout={"maxSurge": "150%"}), "spec.rollout.maxSurge"),
     ("unavailable above 100%", with_spec(rollout={"maxUnavailable": "101%"}), "spec.rollout.maxUnavailable"),
+    # Rollout policy and canary.
+    ("unknown whenNoRoom", with_spec(rollout={"whenNoRoom": "Evict"}), "spec.rollout.whenNoRoom"),
+    ("canary without steps", with_spec(rollout={"canary": {"steps": [], "analysis": {"metrics": [
+        {"name": "ErrorRate", "max": 0.01}]}}}), "spec.rollout.canary.steps"),
+    ("canary weight 100", with_spec(rollout={"canary": {"steps": [{"weight": 100}], "analysis": {"metrics": [
+        {"name": "ErrorRate", "max": 0.01}]}}}), "spec.rollout.canary.steps[0].weight"),
+    ("canary short pause", with_spec(rollout={"canary": {"steps": [{"weight": 50, "pauseSeconds": 1}], "analysis": {
+        "metrics": [{"name": "ErrorRate", "max": 0.01}]}}}), "spec.rollout.canary.steps[0].pauseSeconds"),
+    ("canary metric without bound", with_spec(rollout={"canary": {"steps": [{"weight": 50}], "analysis": {
+        "metrics": [{"name": "ErrorRate"}]}}}), "give max, maxRatioToStable or both"),
+    ("canary unknown metric", with_spec(rollout={"canary": {"steps": [{"weight": 50}], "analysis": {
+        "metrics": [{"name": "GPUTemperature", "max": 80}]}}}), "spec.rollout.canary.analysis.metrics[0].name"),
+    ("canary metric twice", with_spec(rollout={"canary": {"steps": [{"weight": 50}], "analysis": {
+        "metrics": [{"name": "ErrorRate", "max": 0.1}, {"name": "ErrorRate", "max": 0.2}]}}}), "each metric may appear once"),
+    ("canary zero ratio", with_spec(rollout={"canary": {"steps": [{"weight": 50}], "analysis": {
+        "metrics": [{"name": "TimeToFirstTokenP95", "maxRatioToStable": 0}]}}}), "maxRatioToStable must be greater than 0"),
+    ("other reserved env", with_spec(env=[{"name": "MODELFLEET_FAULT_OTHER", "value": "1"}]), "spec.env[0].name"),
 ]
 
 
@@ -168,8 +185,14 @@ def test_examples_and_a_full_spec_are_accepted(cluster: Any, crds: list[str], na
     with_spec(resources={"requests": {"nvidia.com/gpu": 1, "cpu": "2"}, "limits": {"cpu": "2", "memory": "1Gi"}}),
     with_spec(env=[{"name": "my.setting", "value": "1"},
                    {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "token", "optional": True}}}]),
+    with_spec(rollout={"whenNoRoom": "Replace", "canary": {
+        "steps": [{"weight": 10, "pauseSeconds": 60}, {"weight": 50}],
+        "analysis": {"prometheusAddress": "http://prometheus.monitoring:9090", "metrics": [
+            {"name": "TimeToFirstTokenP95", "max": 0.5, "maxRatioToStable": 1.5}, {"name": "ErrorRate", "max": 0.01},
+            {"name": "RequestLatencyP95", "maxRatioToStable": 2}]}}},
+              env=[{"name": "MODELFLEET_FAULT_LATENCY_MS", "value": "300"}]),
 ], ids=["63-char name", "100% surge", "smallest runtime values", "annotations and labels", "gpu in requests only",
-        "env sources"])
+        "env sources", "canary and fault switch"])
 def test_valid_edge_cases_are_accepted(cluster: Any, crds: list[str], namespace: str, obj: dict[str, Any]) -> None:
     result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(obj),
                              check=False)
@@ -181,11 +204,11 @@ def test_defaults_are_filled_in_by_the_api_server(cluster: Any, crds: list[str],
                              input=json.dumps(BASE))
     spec = json.loads(result.stdout)["spec"]
     assert spec["replicas"] == 1 and spec["model"]["dtype"] == "auto"
-    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0, "gpuAware": True}
+    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0, "whenNoRoom": "Wait"}
     assert spec["runtime"] == {"blockSize": 16, "drainTimeoutSeconds": 30}
     assert spec["probes"] == {"startupTimeoutSeconds": 1800} and spec["shmSize"] == "1Gi"
 
 
 def test_explain_describes_the_fields(cluster: Any, crds: list[str]) -> None:
     out = cluster.kubectl("explain", "modeldeployment.spec.rollout").stdout
-    assert "GPU-aware" in out and "maxSurge" in out and "gpuAware" in out
+    assert "canary" in out and "maxSurge" in out and "whenNoRoom" in out

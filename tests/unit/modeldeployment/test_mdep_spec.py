@@ -14,7 +14,8 @@ def test_defaults_match_the_crd() -> None:
     spec = parse_spec({"model": {"uri": "pvc://models/tiny"}})
     assert spec.replicas == 1 and spec.desired_replicas == 1
     assert spec.model.dtype == "auto" and spec.model.served_name is None
-    assert (spec.rollout.max_surge, spec.rollout.max_unavailable, spec.rollout.gpu_aware) == (1, 0, True)
+    assert (spec.rollout.max_surge, spec.rollout.max_unavailable, spec.rollout.when_no_room) == (1, 0, "Wait")
+    assert spec.rollout.canary is None
     assert spec.runtime.drain_timeout_seconds == 30 and spec.runtime.block_size == 16
     assert spec.startup_timeout_seconds == 1800 and spec.shm_size == "1Gi"
     assert spec.autoscaling is None and spec.api_key is None and spec.gpus_per_pod == 0

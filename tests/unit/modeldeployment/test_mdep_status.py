@@ -65,10 +65,11 @@ def test_rolling_while_old_pods_remain_or_generation_is_unobserved() -> None:
         assert status["phase"] == "Progressing"
         assert cond(status, "Progressing") == ("True", "RollingUpdate")
         assert cond(status, "Ready")[0] == "False"
-    without = compute_status(observe(deployment=deployment(2, 1, 1, 1), strategy=Strategy(0, 1, True, "no GPU")),
+    without = compute_status(observe(deployment=deployment(2, 1, 1, 1), strategy=Strategy(0, 1, True, "no GPU", "Replace")),
                              None, NOW)
     assert cond(without, "Progressing") == ("True", "RollingWithoutSurge")
-    assert without["rollout"] == {"maxSurge": 0, "maxUnavailable": 1, "withoutSurge": True, "message": "no GPU"}
+    assert without["rollout"] == {"maxSurge": 0, "maxUnavailable": 1, "withoutSurge": True, "whenNoRoom": "Replace",
+                                  "message": "no GPU"}
 
 
 def test_waiting_for_the_model() -> None:
@@ -184,3 +185,41 @@ def test_scaled_to_zero() -> None:
     assert cond(status, "Ready") == ("False", "ScaledToZero")
     assert cond(status, "Available") == ("False", "ScaledToZero")
     assert cond(status, "Progressing") == ("True", "RolloutComplete")
+
+
+def test_wait_for_room_while_the_old_pods_serve() -> None:
+    unschedulable = pod_failures([pod("new", conditions=[{"type": "PodScheduled", "status": "False",
+                                                          "reason": "Unschedulable",
+                                                          "message": "0/1 nodes are available: 1 Insufficient cpu."}])])
+    rolling = deployment(3, 1, 2, 2)  # 2 old pods serve, the surge pod is Pending
+    status = compute_status(observe(deployment=rolling, failures=unschedulable), None, NOW)
+    assert status["phase"] == "Progressing"
+    assert cond(status, "Progressing") == ("True", "WaitingForRoom")
+    assert "Insufficient cpu" in get_condition(status["conditions"], "Progressing")["message"]
+    assert cond(status, "Available") == ("True", "ReplicasAvailable")
+    assert "WaitingForRoom" in [e.reason for e in events({"conditions": []}, status)]
+    # Not when old pods are missing too: then it is a failure.
+    short = compute_status(observe(deployment=deployment(2, 1, 1, 1), failures=unschedulable), None, NOW)
+    assert short["phase"] == "Degraded" and cond(short, "Progressing") == ("False", "Unschedulable")
+
+
+def test_canary_states_in_conditions_and_phase() -> None:
+    from modelfleet_operator.modeldeployment.canary import CANARY, ROLLED_BACK, Decision
+
+    running = Decision(False, 1, {"phase": "Progressing", "message": "step 1/2: 50.0% of the pods run the canary"},
+                       state=CANARY)
+    status = compute_status(observe(deployment=deployment(2, 2, 2, 2), canary=running), None, NOW)
+    assert status["phase"] == "Progressing" and status["canary"]["phase"] == "Progressing"
+    assert cond(status, "Progressing") == ("True", "CanaryProgressing")
+    assert cond(status, "Ready") == ("False", "CanaryProgressing")
+    back = Decision(False, 0, {"phase": "RolledBack", "message": "rolled back: TimeToFirstTokenP95 0.49 > 0.2"},
+                    state=ROLLED_BACK)
+    status = compute_status(observe(deployment=deployment(2, 2, 2, 2), canary=back), status, NOW)
+    assert status["phase"] == "Degraded"
+    assert cond(status, "Progressing") == ("False", "CanaryRolledBack")
+    assert cond(status, "Available") == ("True", "ReplicasAvailable")  # the stable version serves
+    assert cond(status, "Ready") == ("False", "CanaryRolledBack")
+    # A finished canary's record stays without changing the conditions.
+    done = Decision(True, 0, {"phase": "Promoted", "message": "promoted"})
+    status = compute_status(observe(deployment=deployment(2, 2, 2, 2), canary=done), status, NOW)
+    assert status["phase"] == "Ready" and status["canary"]["phase"] == "Promoted"

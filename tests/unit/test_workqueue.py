@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from modelfleet_operator.modeldeployment.workqueue import WorkQueue
+from modelfleet_operator.workqueue import WorkQueue
 
 
 async def _until(predicate, timeout: float = 2.0) -> None:
