@@ -104,7 +104,7 @@ def model_deployment_scales_and_rolls_out(scene: Scene) -> None:
 
 def gpu_rollout_checks_free_capacity(scene: Scene) -> None:
     scene.apply(manifest("gpu", replicas=1, resources={"limits": {"nvidia.com/gpu": 1}},
-                         nodeSelector={"nvidia.com/gpu.present": "true"}))
+                         nodeSelector={"nvidia.com/gpu.present": "true"}, rollout={"whenNoRoom": "Replace"}))
     assert wait_ready(scene.kube, scene.namespace, "gpu", 1)["rollout"]["withoutSurge"] is False
 
 
