@@ -9,16 +9,19 @@ charts/modelfleet/templates/_helpers.tpl, and (when no scenario below reaches th
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+import yaml
 
 from modelfleet.localcluster import LocalCluster
 from modelfleet.localcluster.audit import Request, requests_of
+from modelfleet.localcluster.binaries import ensure_binaries
 from tests.chart.helm import Helm, one
 from tests.chart.identity import operator_as
 from tests.chart.rbac import Permission, grants
@@ -27,6 +30,7 @@ from tests.kubeclient import SyncKube as Kube
 from tests.operator.conftest import crds  # noqa: F401  (fixture)
 from tests.operator.modeldeployment.test_mdep_controller import FIXTURE_CRDS, manifest, patch_spec, wait_ready
 from tests.operator.trainingjob.conftest import Jobs, job_manifest, store_namespace
+from tests.operator.trainingjob.test_trainingjob_kueue import QUEUE_LABEL, condition, workload_of
 from tests.operator.trainingjob.test_trainingjob_lifecycle import succeed
 
 pytestmark = pytest.mark.cluster
@@ -36,6 +40,9 @@ RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Ro
 # its applies (one run saw a PodMonitor patch refused with 403 then), so they go after it has stopped.
 OTHER_CRDS = [arg for name in ("keda-scaledobject.yaml", "prometheus-podmonitor.yaml")
               for arg in ("-f", str(FIXTURE_CRDS / name))]
+# Kueue's CRDs for what the operator reads and writes, as the module (hack/build-binaries.sh kueue) ships them,
+# without Kueue's conversion webhooks: their storage version is the v1beta2 the operator speaks, so none is needed.
+KUEUE_CRDS = ("workloads", "resourceflavors")
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Scene:
     cluster: LocalCluster
     jobs: Jobs
     kube: Kube
+    crds: list[str] = field(default_factory=list)  # installed by a scenario; deleted once the operator has stopped
 
     @property
     def namespace(self) -> str:
@@ -96,7 +104,7 @@ def model_deployment_scales_and_rolls_out(scene: Scene) -> None:
 
 def gpu_rollout_checks_free_capacity(scene: Scene) -> None:
     scene.apply(manifest("gpu", replicas=1, resources={"limits": {"nvidia.com/gpu": 1}},
-                         nodeSelector={"nvidia.com/gpu.present": "true"}))
+                         nodeSelector={"nvidia.com/gpu.present": "true"}, rollout={"whenNoRoom": "Replace"}))
     assert wait_ready(scene.kube, scene.namespace, "gpu", 1)["rollout"]["withoutSurge"] is False
 
 
@@ -119,10 +127,80 @@ def autoscaling_with_and_without_keda_and_prometheus_operator(scene: Scene) -> N
     wait_for(lambda: kube.get("ScaledObject", namespace, "auto") is None, what="ScaledObject removed")
 
 
+def install_kueue_crds(scene: Scene) -> None:
+    """Kueue's CRDs (not Kueue: the scenario admits as Kueue would); left alone where already installed."""
+    bases = ensure_binaries(("kueue",)) / "kueue-config" / "crd" / "bases"
+    for plural in KUEUE_CRDS:
+        name = f"{plural}.kueue.x-k8s.io"
+        if scene.cluster.kubectl("get", "crd", name, check=False).returncode == 0:
+            continue
+        crd = yaml.safe_load((bases / f"{name.split('.', 1)[1]}_{plural}.yaml").read_text())
+        assert [v["name"] for v in crd["spec"]["versions"] if v["storage"]] == ["v1beta2"], crd["spec"]["versions"]
+        scene.cluster.kubectl("create", "-f", "-", input=json.dumps(crd))
+        scene.crds.append(name)
+
+    def established() -> bool:  # `kubectl wait` fails, not waits, on a CRD this new (status.conditions null)
+        crds = json.loads(scene.cluster.kubectl("get", "crd", *(f"{p}.kueue.x-k8s.io" for p in KUEUE_CRDS),
+                                                "-o", "json").stdout)["items"]
+        return all(any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (crd.get("status") or {}).get("conditions") or []) for crd in crds)
+    wait_for(established, what="Kueue's CRDs established")
+
+
+def set_workload_status(scene: Scene, job: str, status: dict[str, Any]) -> None:
+    """Write a Workload's status as Kueue does (the status subresource; conditions given as {type: (status, reason)})."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [{"type": type_, "status": value, "reason": reason, "message": f"{reason} (set by the audit)",
+                   "lastTransitionTime": now} for type_, (value, reason) in status.pop("conditions").items()]
+    scene.jobs.kubectl("patch", "workloads.kueue.x-k8s.io", workload_of(scene.jobs, job)["metadata"]["name"],
+                       "--subresource=status", "--type=merge",
+                       "-p", json.dumps({"status": {**status, "conditions": conditions}}))
+
+
+def kueue_admits_evicts_and_readmits_a_queued_job(scene: Scene) -> None:
+    """Kueue's path with its CRDs only: the Workload created, admitted with a flavor (its node labels read),
+    evicted (pods deleted, quota released), admitted again, and marked Finished when the job succeeds."""
+    jobs, flavor = scene.jobs, f"audit-{scene.namespace}"
+    install_kueue_crds(scene)
+    scene.cluster.kubectl("create", "-f", "-", input=json.dumps(
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": flavor},
+         "spec": {"nodeLabels": {"node.kubernetes.io/instance-type": "cpu-16"}}}))
+    queued = job_manifest("queued")
+    queued["metadata"]["labels"] = {QUEUE_LABEL: "team"}
+    scene.apply(queued)
+    workload = wait_for(lambda: workload_of(jobs, "queued"), what="the operator's Workload")
+    wait_for(lambda: jobs.condition("queued", "Suspended").get("reason") == "WaitingForKueue", what="WaitingForKueue")
+    assert jobs.pods("queued") == []
+    [pod_set] = workload["spec"]["podSets"]
+    admitted = {"clusterQueue": "audit", "podSetAssignments": [
+        {"name": pod_set["name"], "count": pod_set["count"], "flavors": {"cpu": flavor, "memory": flavor}}]}
+    set_workload_status(scene, "queued", {"admission": admitted, "conditions": {
+        "QuotaReserved": ("True", "QuotaReserved"), "Admitted": ("True", "Admitted")}})
+    pods = jobs.wait_running_pods("queued", 2)
+    assert all(p["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"] == "cpu-16"
+               and p["spec"]["nodeName"].startswith("cpu-node-") for p in pods), [p["spec"] for p in pods]
+
+    set_workload_status(scene, "queued", {"conditions": {
+        "QuotaReserved": ("True", "QuotaReserved"), "Admitted": ("True", "Admitted"), "Evicted": ("True", "Preempted")}})
+    wait_for(lambda: jobs.pods("queued") == [], what="the evicted job's pods deleted")
+    wait_for(lambda: condition(w := workload_of(jobs, "queued"), "QuotaReserved").get("status") == "False"
+             and not w["status"].get("admission") and condition(w, "Requeued").get("status") == "True",
+             what="the evicted Workload's quota released")
+
+    set_workload_status(scene, "queued", {"admission": admitted, "conditions": {
+        "QuotaReserved": ("True", "QuotaReserved"), "Admitted": ("True", "Admitted"), "Evicted": ("False", "QuotaReserved")}})
+    jobs.wait_running_pods("queued", 2)
+    succeed(jobs, "queued")
+    wait_for(lambda: condition(workload_of(jobs, "queued"), "Finished").get("reason") == "Succeeded",
+             what="the Workload Finished")
+    scene.cluster.kubectl("delete", "resourceflavors.kueue.x-k8s.io", flavor)
+
+
 SCENARIOS: list[Callable[[Scene], None]] = [
     training_job_succeeds, failed_pod_restarts_the_gang, finished_job_is_deleted_by_its_ttl,
     suspended_job_loses_its_pods, existing_service_account_is_not_borrowed, model_deployment_scales_and_rolls_out,
     gpu_rollout_checks_free_capacity, model_from_a_training_job, autoscaling_with_and_without_keda_and_prometheus_operator,
+    kueue_admits_evicts_and_readmits_a_queued_job,
 ]
 
 
@@ -239,6 +317,8 @@ def audit(request: pytest.FixtureRequest, cluster: LocalCluster, crds: list[str]
         finally:
             operator.stop()
             cluster.kubectl("delete", "--ignore-not-found", "--wait=true", *OTHER_CRDS, check=False)
+            for crd in scene.crds:
+                cluster.kubectl("delete", "crd", crd, "--ignore-not-found", "--wait=true", check=False)
             for obj in objects:
                 if not obj["metadata"].get("namespace"):
                     cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--wait=false", check=False)
