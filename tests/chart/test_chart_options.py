@@ -65,7 +65,7 @@ def test_works_as_a_subchart_with_global_values(helm: Helm, tmp_path: Path) -> N
     assert spec["containers"][0]["image"] == "mirror.corp/modelfleet/modelfleet-operator:0.1.0"
     assert spec["imagePullSecrets"] == [{"name": "corp"}]
     assert spec["serviceAccountName"] == "platform-modelfleet"
-    assert one(objects, "Role")["metadata"]["namespace"] == "team-a"
+    assert one(objects, "Role", "platform-modelfleet")["metadata"]["namespace"] == "team-a"
     assert {o["metadata"]["name"] for o in find(objects, "CustomResourceDefinition")} == {
         "trainingjobs.modelfleet.dev", "modeldeployments.modelfleet.dev"}
     assert one(objects, "ServiceMonitor") and one(objects, "PodMonitor")
