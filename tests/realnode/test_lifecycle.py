@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,10 @@ def listening_ports() -> set[int]:
     return ports
 
 
-def test_up_and_down_twice_leave_nothing_behind(tmp_path: Path) -> None:
+def test_up_and_down_twice_leave_nothing_behind() -> None:
+    # A short directory: the kubelet's unix sockets under it must fit in 108 bytes (sun_path), which a pytest
+    # tmp_path (/tmp/pytest-of-root/pytest-NNN/test_up_and_down_twice_leave_n0/...) does not.
+    tmp_path = Path(tempfile.mkdtemp(prefix="mf-lc-"))
     sysctls = {name: hostnet.read_sysctl(name) for name in hostnet.SYSCTLS}
     for round_ in range(2):
         cluster = LocalCluster(tmp_path / f"round-{round_}")
