@@ -183,9 +183,27 @@ class LocalCluster:
         from modelfleet.images import ImageBuilder
 
         RealNode.check_host()
+        self._take_over_from_a_dead_owner()
         self.node.claim(self.directory)
         state.images = ImageBuilder(say=self.say).build_all()
         self.node.write_configs(state.images["pause"], state.ports)
+
+    def _take_over_from_a_dead_owner(self) -> None:
+        """A real node whose processes all died (a killed session, a reboot) leaves its claim, bridge, rules and
+        mounts behind; bring it down so this cluster can start. A live one is still refused by `claim`."""
+        owner = RealNode.owner()
+        if owner is None or owner == self.directory:
+            return
+        other = LocalCluster(owner, bin_dir=self._bin_dir, real_node=True, say=self.say)
+        if other.load_state().real_node and not other.any_process_alive():
+            self.say(f"the real node of {owner} is not running any more: cleaning up after it")
+            other.down()
+
+    def any_process_alive(self) -> bool:
+        """Whether any component this cluster's state records still runs (pid alive with the component's name
+        in its command line, so a recycled pid does not count)."""
+        return any(processes.alive(pid) and name in processes.command_line(pid)
+                   for name, pid in self.load_state().pids.items())
 
     def _start_real_node(self, state: ClusterState, timeout: float) -> float:
         """Start the node's components; returns the deadline for what follows (loading images can take

@@ -201,6 +201,11 @@ class RealNode:
         if missing or not Path("/usr/lib/cni/bridge").exists():
             raise RuntimeError(f"missing {', '.join(missing) or 'the CNI plugins'}: run `bash hack/install-deps.sh`")
 
+    @staticmethod
+    def owner() -> Path | None:
+        """The directory of the local cluster that claimed the real node, if any."""
+        return Path(OWNER_FILE.read_text().strip()) if OWNER_FILE.exists() else None
+
     def claim(self, cluster_dir: Path) -> None:
         """Refuse a second real node on this machine: one bridge, one kube-proxy."""
         RUN_DIR.mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,37 @@ def test_a_second_real_node_on_the_machine_is_refused(tmp_path: Path, monkeypatc
     assert (tmp_path / "run" / "owner").read_text() == str(second)
 
 
+def test_a_real_node_whose_processes_died_is_cleaned_up_and_taken_over(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed session leaves its claim and state behind; the next `cluster up` must not refuse forever."""
+    import subprocess
+
+    from modelfleet.localcluster.cluster import LocalCluster
+
+    monkeypatch.setattr(realnode, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(realnode, "OWNER_FILE", tmp_path / "run" / "owner")
+    downed: list[Path] = []
+    monkeypatch.setattr(LocalCluster, "down", lambda self: downed.append(self.directory))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    realnode.RealNode(tmp_path / "node", tmp_path, tmp_path).claim(old)
+
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (old / "state.json").write_text(json.dumps({"real_node": True, "pids": {"sleep": live.pid}}))
+        LocalCluster(new)._take_over_from_a_dead_owner()
+        assert downed == [], "a real node with a live process was brought down"
+    finally:
+        live.kill()
+        live.wait()
+
+    (old / "state.json").write_text(json.dumps({"real_node": True, "pids": {"kube-apiserver": dead.pid}}))
+    LocalCluster(new)._take_over_from_a_dead_owner()
+    assert downed == [old.resolve()]
+
+
 def test_prometheus_config_passes_promtool_and_keeps_annotated_pods_with_their_labels(tmp_path: Path) -> None:
     import subprocess
 
