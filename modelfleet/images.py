@@ -1,4 +1,4 @@
-"""`modelfleet images build | list | load`: the project's container images, built without Docker or a registry.
+"""`modelfleet images build | list | load | prune`: the project's container images, built without Docker or a registry.
 
 - a Debian bookworm base (python3.11 and a venv at /opt/venv on PATH) made with mmdebstrap from Debian's
   packages, standing in for `python:3.11-slim-bookworm`;
@@ -8,7 +8,8 @@
 Every image is tagged by a hash of everything it is built from (Dockerfile, build arguments, base, and the
 build context that .dockerignore lets through), so a build is skipped when its tag already exists, and buildah's
 layer cache rebuilds only the project's code layer after a code change. `load` streams images into the local
-node's containerd. Storage lives under the cache directory (~/.cache/modelfleet/buildah), outside the repo.
+node's containerd. Every new build prunes the tags it replaced (in buildah's storage, its OCI layout and the
+node's containerd), so the cache does not grow by an image per code change; `prune` does it by hand. Storage lives under the cache directory (~/.cache/modelfleet/buildah), outside the repo.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class DockerfileImage:
     tag_prefix: str = ""
 
 
+PROJECT_REPOSITORY = "localhost/modelfleet"  # every image below is named under it
 DOCKERFILE_IMAGES = {
     "operator": DockerfileImage("localhost/modelfleet-operator", "images/operator.Dockerfile"),
     "runtime": DockerfileImage("localhost/modelfleet", "images/runtime.Dockerfile", {"TORCH_VARIANT": "cpu"}, "cpu-"),
@@ -128,11 +130,62 @@ class ImageBuilder:
         """Build what is missing (base, pause, the Dockerfiles) and return name -> reference."""
         require_tools("buildah", "mmdebstrap")
         self.store.mkdir(parents=True, exist_ok=True)
+        refs = self.refs()
+        missing = [ref for ref in refs.values() if not self.exists(ref)]
         self._build_base()
         self._build_pause()
         for name in DOCKERFILE_IMAGES:
             self._build_dockerfile(name)
-        return self.refs()
+        if missing:
+            self.prune()
+        return refs
+
+    # -- pruning ---------------------------------------------------------------------------------------
+    def stale(self, listed: list[str]) -> list[str]:
+        """The project's image references in `listed` that are neither current nor the base."""
+        keep = {*self.refs().values(), self.base_ref()}
+        return [ref for ref in listed if ref.startswith(PROJECT_REPOSITORY) and ref not in keep]
+
+    def prune(self, containerd_socket: Path | None = None) -> list[str]:
+        """Remove the project's superseded images from buildah's storage and its OCI layout (and from a
+        containerd, when given); return the references removed. Layers the current images share stay."""
+        listed = self.buildah("images", "--format", "{{.Name}}:{{.Tag}}").split()
+        removed = self.stale(listed)
+        for ref in removed:
+            self.buildah("rmi", ref)
+        self.buildah("rmi", "--prune")  # the dangling images the removed ones' build stages left
+        self._prune_oci_layout()
+        if containerd_socket is not None and containerd_socket.exists():
+            removed += self.prune_containerd(containerd_socket)
+        if removed:
+            self.say(f"pruned {len(removed)} superseded image(s): {', '.join(removed)}")
+        return removed
+
+    def prune_containerd(self, containerd_socket: Path) -> list[str]:
+        ctr = ["ctr", "--address", str(containerd_socket), "--namespace", "k8s.io"]
+        removed = self.stale(_run([*ctr, "images", "ls", "-q"]).split())
+        if removed:
+            _run([*ctr, "images", "rm", "--sync", *removed])  # --sync: garbage-collect their content now
+        return removed
+
+    def _prune_oci_layout(self) -> None:
+        """Keep only the current images' manifests in the OCI layout `load` exports through, and their blobs."""
+        layout = self.store / "oci"
+        if not (layout / "index.json").exists():
+            return
+        current = {_layout_name(ref) for ref in self.refs().values()}
+        index = json.loads((layout / "index.json").read_text())
+        index["manifests"] = [m for m in index["manifests"]
+                              if m.get("annotations", {}).get("org.opencontainers.image.ref.name") in current]
+        blob = lambda digest: layout / "blobs" / "sha256" / digest.removeprefix("sha256:")  # noqa: E731
+        used = set()
+        for descriptor in index["manifests"]:
+            manifest = json.loads(blob(descriptor["digest"]).read_text())
+            used |= {descriptor["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+        (layout / "index.json").write_text(json.dumps(index))
+        for path in (layout / "blobs" / "sha256").iterdir():
+            if f"sha256:{path.name}" not in used:
+                path.unlink()
 
     def _timed(self, what: str, ref: str, build) -> None:  # noqa: ANN001
         if self.exists(ref):
@@ -231,7 +284,7 @@ class ImageBuilder:
         """Write `ref` into the store's OCI layout; return its blobs (digest -> (file, always send)) and an
         index naming it for containerd."""
         layout = self.store / "oci"
-        name = hashlib.sha256(ref.encode()).hexdigest()[:16]  # the layout's own reference: no ':' or '/'
+        name = _layout_name(ref)
         self.buildah("push", "--quiet", "--disable-compression", ref, f"oci:{layout}:{name}")
         [descriptor] = [m for m in json.loads((layout / "index.json").read_text())["manifests"]
                         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == name]
@@ -243,6 +296,11 @@ class ImageBuilder:
         index = {"schemaVersion": 2, "manifests": [{**descriptor, "annotations": {
             "io.containerd.image.name": ref, "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[1]}}]}
         return blobs, index
+
+
+def _layout_name(ref: str) -> str:
+    """An image's reference inside the OCI layout (no ':' or '/' allowed there)."""
+    return hashlib.sha256(ref.encode()).hexdigest()[:16]
 
 
 def _run(command: list[str]) -> str:
@@ -272,7 +330,7 @@ def require_tools(*tools: str) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="modelfleet images", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("build", "list", "load"))
+    parser.add_argument("action", choices=("build", "list", "load", "prune"))
     parser.add_argument("--store", type=Path, default=None, help="buildah's storage (default: ~/.cache/modelfleet/buildah)")
     parser.add_argument("--containerd-socket", type=Path, default=None,
                         help="for load: the containerd to load into (default: the local cluster's real node)")
@@ -283,6 +341,12 @@ def main(argv: list[str]) -> int:
     if args.action == "list":
         for name, ref in builder.refs().items():
             print(f"{name:<10} {ref}  {'built' if builder.exists(ref) else 'not built'}")
+        return 0
+    if args.action == "prune":
+        from modelfleet.localcluster.realnode import CONTAINERD_SOCKET
+
+        removed = builder.prune(args.containerd_socket or CONTAINERD_SOCKET)
+        print(f"removed {len(removed)} superseded image(s)")
         return 0
     refs = builder.build_all()
     if args.action == "load":

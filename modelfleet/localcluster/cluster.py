@@ -214,7 +214,9 @@ class LocalCluster:
         self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
             *dns_objects(), *node.prepare_volumes(LOCAL_VOLUMES)]}))
         self._start("containerd", state, time.monotonic() + timeout)
-        ImageBuilder(say=self.say).load(list(state.images.values()), CONTAINERD_SOCKET)
+        builder = ImageBuilder(say=self.say)
+        builder.load(list(state.images.values()), CONTAINERD_SOCKET)
+        builder.prune_containerd(CONTAINERD_SOCKET)
         deadline = time.monotonic() + timeout
         for name in ("coredns", "kubelet", "kube-proxy"):
             self._start(name, state, deadline)

@@ -156,6 +156,9 @@ def test_image_tags_follow_the_build_context(tmp_path: Path) -> None:
     after = builder.refs()
     assert after["runtime"] != before["runtime"] and after["operator"] != before["operator"]
     assert after["pause"] == before["pause"]
+    # after the code change the old tags are what a prune removes; the current ones, the base and others stay
+    listed = [*before.values(), *after.values(), builder.base_ref(), "docker.io/library/busybox:1"]
+    assert sorted(builder.stale(listed)) == sorted({before["runtime"], before["operator"]})
 
 
 def test_the_real_node_says_it_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
