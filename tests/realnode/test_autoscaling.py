@@ -80,9 +80,6 @@ def scale_events(cluster: LocalCluster, namespace: str) -> list[str]:
     return [e["message"] for e in sorted(found, key=lambda e: e["metadata"]["creationTimestamp"])]
 
 
-# Known failing (issue #13 item 1 is not done): the first full-suite run on the real node failed here, and the
-# failure was not diagnosed before the stop. strict: once it passes, the suite fails until this mark goes.
-@pytest.mark.xfail(strict=True, reason="end-to-end autoscaling on the real node has not passed yet (issue #13)")
 def test_load_scales_out_the_new_pod_serves_and_no_load_scales_back_in(
         cluster: LocalCluster, namespace: str, operator: OperatorProcess, prometheus: Prometheus,
         metrics_adapter: MetricsAdapter) -> None:
