@@ -43,6 +43,13 @@ class Request:
     name: str  # "" for lists, watches and creates with generateName
     code: int  # the response status code (0 when the log has none, e.g. a watch still open)
     message: str = ""  # the API server's message when it refused the request
+    causes: tuple[str, ...] = ()  # the refusal's details.causes[].reason, e.g. NamespaceTerminating
+
+    @property
+    def denied(self) -> bool:
+        """Refused by authorization: a 403 that is not about a namespace being deleted (creating anything in one
+        is refused with 403 too, whatever the grants)."""
+        return self.code == 403 and "NamespaceTerminating" not in self.causes
 
 
 def requests_of(log: Path, username: str) -> list[Request]:
@@ -55,6 +62,7 @@ def requests_of(log: Path, username: str) -> list[Request]:
             continue
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         status = event.get("responseStatus") or {}
+        causes = tuple(c.get("reason", "") for c in (status.get("details") or {}).get("causes") or [])
         found.append(Request(event["verb"], ref.get("apiGroup", ""), resource, ref.get("namespace", ""), ref.get("name", ""),
-                             int(status.get("code") or 0), status.get("message", "")))
+                             int(status.get("code") or 0), status.get("message", ""), causes))
     return found

@@ -19,7 +19,7 @@ from modelfleet_operator import events, metrics, ownership
 from modelfleet_operator.apierrors import UNPROCESSABLE, refusal_message
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.controller import Key, Outcome
-from modelfleet_operator.kube import Kube, error_message
+from modelfleet_operator.kube import Kube, error_message, namespace_terminating
 from modelfleet_operator.labels import MANAGED_BY, MANAGER, TRAININGJOB, selector
 from modelfleet_operator.trainingjob import admission, kueue, render
 from modelfleet_operator.trainingjob.spec import SpecError, parse_spec
@@ -150,6 +150,8 @@ async def _create_all(kube: Kube, objects: list[dict[str, Any]]) -> tuple[list[b
     results = await asyncio.gather(*(kube.create_if_absent(obj) for obj in objects), return_exceptions=True)
     failure = None
     for obj, result in zip(objects, results):
+        if namespace_terminating(result):
+            continue  # the namespace's deletion removes the job too: nothing to report
         if isinstance(result, ApiException) and failure is None:
             if result.status == UNPROCESSABLE:
                 failure = CreateFailure(refusal_message(obj["kind"], obj["metadata"]["name"], result.body,

@@ -1,12 +1,15 @@
-"""TrainingJobs on the real node: your own PyTorch script on two pods (DNS rendezvous, gloo), a failing pod's real
-last log lines in status, a hung program marked Stalled and restarted, and a deleted and an evicted trainer pod
-that restart the gang from the step they checkpointed on SIGTERM without using backoffLimit."""
+"""TrainingJobs on the real node: your own PyTorch script on two pods (DNS rendezvous, gloo) whose model a
+ModelDeployment serves, a failing pod's real last log lines in status, a hung program marked Stalled and
+restarted, and a deleted and an evicted trainer pod that restart the gang from the step they checkpointed on
+SIGTERM without using backoffLimit."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 
+import openai
 import pytest
 
 from model_runtime.artifact import read_manifest
@@ -38,30 +41,50 @@ def condition(state: dict, type_: str) -> dict:
     return next((c for c in state.get("conditions", []) if c["type"] == type_), {})
 
 
-def test_user_code_trains_on_two_pods_through_dns_rendezvous_and_reports_its_model(
+def test_user_code_trains_on_two_pods_through_dns_rendezvous_and_a_model_deployment_serves_its_model(
         cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> None:
     store = claim(cluster, namespace, "store")
     script = (REPO_ROOT / "examples" / "usercode" / "train.py").read_text()
-    apply(cluster, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sine-script"},
+    apply(cluster, namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tinylm-script"},
                                "data": {"train.py": script}})
     steps = 60
+    applied = time.monotonic()
     apply(cluster, namespace, job(
-        "sine", container={"image": cluster.images["runtime"], "command": ["python", "/code/train.py"],
-                           "args": ["--steps", str(steps), "--checkpoint-every", "20"], "workingDir": "/code"},
-        output={"uri": "pvc://store/models/sine"}, nodes=2, env=[{"name": "OMP_NUM_THREADS", "value": "1"}],
-        volumes=[{"name": "code", "configMap": {"name": "sine-script"}}],
+        "tinylm", container={"image": cluster.images["runtime"], "command": ["python", "/code/train.py"],
+                             "args": ["--steps", str(steps), "--checkpoint-every", "20"], "workingDir": "/code"},
+        output={"uri": "pvc://store/models/tinylm"}, nodes=2, env=[{"name": "OMP_NUM_THREADS", "value": "1"}],
+        volumes=[{"name": "code", "configMap": {"name": "tinylm-script"}}],
         volumeMounts=[{"name": "code", "mountPath": "/code", "readOnly": True}], resources=SMALL,
         runPolicy={"backoffLimit": 0}))
-    final = finished(cluster, namespace, "sine", timeout=300)
+    first = wait_for(lambda: (status(cluster, namespace, "tinylm").get("progress") or {}).get("step"), timeout=300,
+                     interval=0.5, what="the first step in status")
+    to_first_step = time.monotonic() - applied  # the script reports its first step, then every 10th
+    final = finished(cluster, namespace, "tinylm", timeout=300)
     assert final["phase"] == "Succeeded", json.dumps(final, indent=2)
-    assert final["progress"]["stepOfTotal"] == f"{steps}/{steps}" and final["progress"]["loss"] < 0.5
-    table = cluster.kubectl("get", "tj", "sine", "-n", namespace).stdout
-    assert re.search(rf"sine\s+Succeeded\s+2\s+{steps}/{steps}\s+0\.\d{{3}}\s", table), table
-    weights = store / "models" / "sine" / "model.safetensors"
-    assert final["outputs"]["model"] == {"uri": "pvc://store/models/sine", "digest": sha256_file(weights)}
+    assert final["progress"]["stepOfTotal"] == f"{steps}/{steps}" and final["progress"]["loss"] < 1.0  # from ~5.6
+    table = cluster.kubectl("get", "tj", "tinylm", "-n", namespace).stdout
+    assert re.search(rf"tinylm\s+Succeeded\s+2\s+{steps}/{steps}\s+0\.\d{{3}}\s", table), table
+    weights = store / "models" / "tinylm" / "model.safetensors"
+    assert final["outputs"]["model"] == {"uri": "pvc://store/models/tinylm", "digest": sha256_file(weights)}
     # Both ranks trained in one process group: rank 1 reached MASTER_ADDR (rank 0's DNS name) and took part.
-    worker_log = cluster.kubectl("logs", "-n", namespace, "sine-node-1", "-c", "trainer").stdout
+    worker_log = cluster.kubectl("logs", "-n", namespace, "tinylm-node-1", "-c", "trainer").stdout
     assert f"step {steps}/{steps} loss" in worker_log, worker_log[-2000:]
+    leader_log = cluster.kubectl("logs", "-n", namespace, "tinylm-node-0", "-c", "trainer").stdout
+    [sample] = [json.loads(line.removeprefix("sample: ")) for line in leader_log.splitlines() if line.startswith("sample: ")]
+
+    # A ModelDeployment takes the model straight from the finished job, and continues text as the script did.
+    apply(cluster, namespace, {"apiVersion": "modelfleet.dev/v1alpha1", "kind": "ModelDeployment",
+                               "metadata": {"name": "tinylm"},
+                               "spec": {"model": {"trainingJobRef": {"name": "tinylm"}, "servedModelName": "tinylm"},
+                                        "replicas": 1, "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}})
+    served = wait_for(lambda: (s := get(cluster, namespace, "modeldeployment", "tinylm").get("status") or {}).get(
+        "phase") == "Ready" and s, timeout=240, what="the ModelDeployment Ready")
+    assert served["model"]["digest"] == final["outputs"]["model"]["digest"], served["model"]
+    service = get(cluster, namespace, "service", "tinylm")["spec"]["clusterIP"]
+    client = openai.OpenAI(base_url=f"http://{service}:8000/v1", api_key="unused", max_retries=0, timeout=60)
+    text = client.completions.create(model="tinylm", prompt="The quick", max_tokens=24, temperature=0).choices[0].text
+    assert text == sample, (text, sample)
+    print(f"\nuser code: step {first} in status {to_first_step:.1f}s after apply; served {text!r}")
 
 
 def test_a_failing_pods_real_last_log_lines_are_in_status(cluster: LocalCluster, namespace: str,

@@ -39,3 +39,15 @@ def test_requests_of_one_user_with_subresources_and_codes(tmp_path: Path) -> Non
         Request("watch", "modelfleet.dev", "trainingjobs", "", "", 0),
         Request("create", "", "secrets", "a", "", 403, "secrets is forbidden"),
     ]
+
+
+def test_a_create_in_a_namespace_being_deleted_is_not_an_authorization_denial(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    terminating = json.loads(event(OPERATOR, "create", {"resource": "events", "namespace": "gone"}, 403,
+                                   message="unable to create new content in namespace gone because it is being terminated"))
+    terminating["responseStatus"]["details"] = {"causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]}
+    log.write_text("\n".join([json.dumps(terminating),
+                              event(OPERATOR, "create", {"resource": "secrets", "namespace": "a"}, 403)]) + "\n")
+    gone, secrets = requests_of(log, OPERATOR)
+    assert gone.causes == ("NamespaceTerminating",) and not gone.denied
+    assert secrets.denied

@@ -190,7 +190,8 @@ VALID_EDGES: list[tuple[str, Change]] = [
 ]
 
 
-@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("trainingjob-*.yaml")), ids=lambda path: path.stem)
+@pytest.mark.parametrize("example", [*sorted(EXAMPLES.glob("trainingjob-*.yaml")), EXAMPLES / "usercode" / "trainingjob.yaml"],
+                         ids=lambda path: path.relative_to(EXAMPLES).with_suffix("").as_posix())
 def test_examples_are_accepted(jobs: Jobs, example: Path) -> None:
     result = jobs.kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
     assert result.returncode == 0, result.stderr
