@@ -137,51 +137,48 @@ class ImageBuilder:
         for name in DOCKERFILE_IMAGES:
             self._build_dockerfile(name)
         if missing:
-            self.prune()
+            self.prune(refs=refs)
         return refs
 
     # -- pruning ---------------------------------------------------------------------------------------
-    def stale(self, listed: list[str]) -> list[str]:
-        """The project's image references in `listed` that are neither current nor the base."""
-        keep = {*self.refs().values(), self.base_ref()}
+    def stale(self, listed: list[str], refs: dict[str, str] | None = None) -> list[str]:
+        """The project's image references in `listed` that are neither current (`refs`, default: computed) nor
+        the base."""
+        keep = {*(refs or self.refs()).values(), self.base_ref()}
         return [ref for ref in listed if ref.startswith(PROJECT_REPOSITORY) and ref not in keep]
 
-    def prune(self, containerd_socket: Path | None = None) -> list[str]:
+    def prune(self, containerd_socket: Path | None = None, refs: dict[str, str] | None = None) -> list[str]:
         """Remove the project's superseded images from buildah's storage and its OCI layout (and from a
         containerd, when given); return the references removed. Layers the current images share stay."""
-        listed = self.buildah("images", "--format", "{{.Name}}:{{.Tag}}").split()
-        removed = self.stale(listed)
+        refs = refs or self.refs()  # hashing the build context once, not per store
+        removed = self.stale(self.buildah("images", "--format", "{{.Name}}:{{.Tag}}").split(), refs)
         for ref in removed:
             self.buildah("rmi", ref)
         self.buildah("rmi", "--prune")  # the dangling images the removed ones' build stages left
-        self._prune_oci_layout()
+        self._prune_oci_layout(refs)
         if containerd_socket is not None and containerd_socket.exists():
-            removed += self.prune_containerd(containerd_socket)
+            removed += self.prune_containerd(containerd_socket, refs)
         if removed:
             self.say(f"pruned {len(removed)} superseded image(s): {', '.join(removed)}")
         return removed
 
-    def prune_containerd(self, containerd_socket: Path) -> list[str]:
+    def prune_containerd(self, containerd_socket: Path, refs: dict[str, str] | None = None) -> list[str]:
         ctr = ["ctr", "--address", str(containerd_socket), "--namespace", "k8s.io"]
-        removed = self.stale(_run([*ctr, "images", "ls", "-q"]).split())
+        removed = self.stale(_run([*ctr, "images", "ls", "-q"]).split(), refs)
         if removed:
             _run([*ctr, "images", "rm", "--sync", *removed])  # --sync: garbage-collect their content now
         return removed
 
-    def _prune_oci_layout(self) -> None:
+    def _prune_oci_layout(self, refs: dict[str, str]) -> None:
         """Keep only the current images' manifests in the OCI layout `load` exports through, and their blobs."""
         layout = self.store / "oci"
         if not (layout / "index.json").exists():
             return
-        current = {_layout_name(ref) for ref in self.refs().values()}
+        current = {_layout_name(ref) for ref in refs.values()}
         index = json.loads((layout / "index.json").read_text())
         index["manifests"] = [m for m in index["manifests"]
                               if m.get("annotations", {}).get("org.opencontainers.image.ref.name") in current]
-        blob = lambda digest: layout / "blobs" / "sha256" / digest.removeprefix("sha256:")  # noqa: E731
-        used = set()
-        for descriptor in index["manifests"]:
-            manifest = json.loads(blob(descriptor["digest"]).read_text())
-            used |= {descriptor["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+        used = {digest for descriptor in index["manifests"] for digest in _image_blobs(layout, descriptor)}
         (layout / "index.json").write_text(json.dumps(index))
         for path in (layout / "blobs" / "sha256").iterdir():
             if f"sha256:{path.name}" not in used:
@@ -288,14 +285,22 @@ class ImageBuilder:
         self.buildah("push", "--quiet", "--disable-compression", ref, f"oci:{layout}:{name}")
         [descriptor] = [m for m in json.loads((layout / "index.json").read_text())["manifests"]
                         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == name]
-        blob = lambda digest: layout / "blobs" / "sha256" / digest.removeprefix("sha256:")  # noqa: E731
-        manifest = json.loads(blob(descriptor["digest"]).read_text())
-        blobs = {descriptor["digest"]: (blob(descriptor["digest"]), True),
-                 manifest["config"]["digest"]: (blob(manifest["config"]["digest"]), True)}
-        blobs.update({layer["digest"]: (blob(layer["digest"]), False) for layer in manifest["layers"]})
+        manifest_digest, config_digest, *layers = _image_blobs(layout, descriptor)
+        blobs = {digest: (_blob(layout, digest), True) for digest in (manifest_digest, config_digest)}
+        blobs.update({digest: (_blob(layout, digest), False) for digest in layers})
         index = {"schemaVersion": 2, "manifests": [{**descriptor, "annotations": {
             "io.containerd.image.name": ref, "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[1]}}]}
         return blobs, index
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def _image_blobs(layout: Path, descriptor: dict[str, Any]) -> list[str]:
+    """The digests an image of the OCI layout consists of: its manifest, its config, then its layers."""
+    manifest = json.loads(_blob(layout, descriptor["digest"]).read_text())
+    return [descriptor["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
 
 
 def _layout_name(ref: str) -> str:

@@ -200,10 +200,8 @@ class LocalCluster:
             other.down()
 
     def any_process_alive(self) -> bool:
-        """Whether any component this cluster's state records still runs (pid alive with the component's name
-        in its command line, so a recycled pid does not count)."""
-        return any(processes.alive(pid) and name in processes.command_line(pid)
-                   for name, pid in self.load_state().pids.items())
+        """Whether any component this cluster's state records still runs."""
+        return any(processes.running(pid, name) for name, pid in self.load_state().pids.items())
 
     def _start_real_node(self, state: ClusterState, timeout: float) -> float:
         """Start the node's components; returns the deadline for what follows (loading images can take

@@ -57,10 +57,16 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def running(pid: int, expected: str) -> bool:
+    """`pid` is alive and `expected` appears in its command line (a recycled pid that now belongs to something
+    else does not count)."""
+    return alive(pid) and expected in command_line(pid)
+
+
 def stop(pid: int, expected: str, timeout: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout`. `expected` must appear in the command line, so a recycled
-    pid that now belongs to something else is never signalled."""
-    if not alive(pid) or expected not in command_line(pid):
+    """SIGTERM, then SIGKILL after `timeout`; only while `running(pid, expected)`, so a recycled pid that now
+    belongs to something else is never signalled."""
+    if not running(pid, expected):
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

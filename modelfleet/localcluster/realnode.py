@@ -209,11 +209,10 @@ class RealNode:
     def claim(self, cluster_dir: Path) -> None:
         """Refuse a second real node on this machine: one bridge, one kube-proxy."""
         RUN_DIR.mkdir(parents=True, exist_ok=True)
-        if OWNER_FILE.exists():
-            owner = OWNER_FILE.read_text().strip()
-            if owner != str(cluster_dir) and Path(owner, "state.json").exists():
-                raise RuntimeError(f"another local cluster's real node is running ({owner}); stop it first with "
-                                   f"`modelfleet cluster down --dir {owner}`")
+        owner = self.owner()
+        if owner is not None and owner != cluster_dir and (owner / "state.json").exists():
+            raise RuntimeError(f"another local cluster's real node is running ({owner}); stop it first with "
+                               f"`modelfleet cluster down --dir {owner}`")
         OWNER_FILE.write_text(str(cluster_dir))
 
     def write_configs(self, pause_image: str, ports: dict[str, int]) -> None:
@@ -313,7 +312,7 @@ class RealNode:
         shutil.rmtree(RUN_DIR / "containerd", ignore_errors=True)
         shutil.rmtree(self.directory / "cni-ipam", ignore_errors=True)
         shutil.rmtree(self.kubelet_root, ignore_errors=True)
-        if OWNER_FILE.exists() and OWNER_FILE.read_text().strip() == str(self.directory.parent):
+        if self.owner() == self.directory.parent:
             OWNER_FILE.unlink()
         CONTAINERD_SOCKET.unlink(missing_ok=True)
 
